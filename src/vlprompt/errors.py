@@ -1,0 +1,24 @@
+"""Exceptions raised by vlprompt.
+
+Every user-facing failure (bad path, bad name, bad file) raises a subclass of
+:class:`VlpromptError` carrying one message that says what was wrong and what was
+expected. The CLI prints that message and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VlpromptError(Exception):
+    """Base class of all errors caused by user input."""
+
+
+class DatasetError(VlpromptError):
+    """A dataset root, split file or image is missing or malformed."""
+
+
+class CheckpointError(VlpromptError):
+    """A checkpoint cannot be read, is untrusted, or does not match the architecture."""
+
+
+class ConfigError(VlpromptError):
+    """An unknown name (method, dataset, backbone) or an invalid configuration value."""
