@@ -1,0 +1,103 @@
+"""The one per-layer loop that every prompt method goes through.
+
+It runs a backbone's own transformer blocks (open_clip ``ResidualAttentionBlock``) one by
+one and, between blocks, does the prompt surgery the methods ask for:
+
+* ``replace[k] = (start, tokens)``: before block ``k`` the positions ``start:start+P`` are
+  replaced by ``tokens`` (deep prompts of MaPLe / VPT-deep / deep language prompting);
+* ``kv[k] = KVPrompt``: inside block ``k`` the key/value prompts are prepended to the
+  projected keys and values (E2VPT); queries are unchanged, so the sequence length is too.
+
+Blocks without surgery are called as-is, so with no prompts the result is the backbone's
+own forward, bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import KVPrompt
+
+
+def _batched(tokens: torch.Tensor, batch: int) -> torch.Tensor:
+    return tokens.unsqueeze(0).expand(batch, -1, -1) if tokens.dim() == 2 else tokens
+
+
+def replace_tokens(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` (B, L, D) with positions ``start:start+P`` replaced by ``tokens``."""
+    tokens = _batched(tokens, x.shape[0]).to(x.dtype)
+    end = start + tokens.shape[1]
+    return torch.cat([x[:, :start], tokens, x[:, end:]], dim=1)
+
+
+def attention_with_kv(
+    attn: nn.MultiheadAttention, h: torch.Tensor, kv: KVPrompt, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Multi-head self-attention of ``h`` (B, L, D) with key/value prompts prepended.
+
+    Computes ``softmax(Q [K_p; K]^T / sqrt(d)) [V_p; V]`` per head, with the projections
+    and output layer of ``attn``. ``attn_mask`` (L, L, additive) is padded with zeros for
+    the prompt columns.
+    """
+    if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
+        raise ConfigError("key/value prompts need blocks built on torch.nn.MultiheadAttention")
+    b, length, d = h.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    k = torch.cat([_batched(kv.key, b).to(k.dtype), k], dim=1)
+    v = torch.cat([_batched(kv.value, b).to(v.dtype), v], dim=1)
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(b, t.shape[1], heads, d // heads).transpose(1, 2)
+
+    mask = None
+    if attn_mask is not None:
+        n_p = k.shape[1] - length
+        mask = F.pad(attn_mask.to(q.dtype), (n_p, 0), value=0.0)
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+    o = o.transpose(1, 2).reshape(b, length, d)
+    return attn.out_proj(o)
+
+
+def _block_with_kv(
+    block: nn.Module, x: torch.Tensor, kv: KVPrompt, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    x = x + block.ls_1(attention_with_kv(block.attn, block.ln_1(x), kv, attn_mask))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    batch_first: bool = True,
+    replace: dict[int, tuple[int, torch.Tensor]] | None = None,
+    kv: dict[int, KVPrompt] | None = None,
+) -> torch.Tensor:
+    """Run ``blocks`` over ``x`` (B, L, D, batch first) with per-layer prompt surgery.
+
+    Args:
+        blocks: the backbone's transformer blocks.
+        x: input tokens, batch first.
+        attn_mask: additive mask (L, L) passed to every block (the causal text mask).
+        batch_first: whether the blocks expect (B, L, D); otherwise they get (L, B, D).
+        replace: ``{layer: (start, tokens)}`` replacements applied before that block.
+        kv: ``{layer: KVPrompt}`` key/value prompts for that block.
+    """
+    replace = replace or {}
+    kv = kv or {}
+    for i, block in enumerate(blocks):
+        if i in replace:
+            start, tokens = replace[i]
+            x = replace_tokens(x, start, tokens)
+        if i in kv and kv[i].key.shape[-2] > 0:
+            x = _block_with_kv(block, x, kv[i], attn_mask)
+        elif batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x

@@ -1,0 +1,186 @@
+"""CLIP backbones over open_clip models, with prompt seams (no copied model code).
+
+The towers are open_clip's own modules; this file only decides what goes into them:
+
+* text: ``embed`` (token embedding) → ``encode_text`` adds the positional embedding, runs
+  the resblocks through :func:`~vlprompt.backbones.blocks.run_blocks` (deep prompts replace
+  positions ``1..n_ctx``), applies ``ln_final`` to the EOT token and projects it. The causal
+  mask means the EOT feature depends only on tokens before it, so the sequence is cut at
+  the longest EOT in the batch: identical output, several times cheaper.
+* vision (ViT): conv patches + CLS + positional embedding, optional prompt tokens, ``ln_pre``,
+  the shared block loop, prompts removed, open_clip's own ``_pool`` + projection.
+* vision (ModifiedResNet): the tower's own forward; visual prompts are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
+
+from ..errors import ConfigError
+from .base import Backbone, ImageOutput, VisualPrompts
+from .blocks import run_blocks
+
+
+class ClipBackbone(Backbone):
+    """A frozen open_clip ``CLIP`` model exposed through vlprompt's backbone seams.
+
+    Example:
+        >>> import open_clip
+        >>> model = open_clip.create_model("ViT-B-16")
+        >>> bb = ClipBackbone(model, open_clip.get_tokenizer("ViT-B-16"), name="ViT-B-16")
+        >>> tok = bb.tokenize(["a photo of a cat."])
+        >>> feat = bb.encode_text(bb.embed(tok), bb.eot_index(tok))
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str, weights_id: str = "random") -> None:
+        super().__init__()
+        for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "visual"):
+            if not hasattr(model, attr):
+                raise ConfigError(
+                    f"{name}: unsupported open_clip model type {type(model).__name__}; "
+                    "vlprompt needs a CLIP with the built-in text transformer"
+                )
+        if getattr(model, "text_pool_type", "argmax") != "argmax":
+            raise ConfigError(f"{name}: text pooling {model.text_pool_type!r} is not supported (need argmax/EOT)")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._tokenizer = tokenizer
+        self.name = name
+        self.weights_id = weights_id
+        visual = model.visual
+        self.is_vit = isinstance(visual, VisionTransformer)
+        if not self.is_vit and not isinstance(visual, ModifiedResNet):
+            raise ConfigError(f"{name}: unsupported image tower {type(visual).__name__}")
+        self.embed_dim = int(model.text_projection.shape[1])
+        self.text_width = int(model.token_embedding.weight.shape[1])
+        self.context_length = int(model.positional_embedding.shape[0])
+        self.n_text_layers = len(model.transformer.resblocks)
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        if self.is_vit:
+            self.vision_width = int(visual.conv1.out_channels)
+            self.n_vision_layers = len(visual.transformer.resblocks)
+        else:
+            self.vision_width = None
+            self.n_vision_layers = 0
+        self.supports_visual_prompts = self.is_vit
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``(N, context_length)`` from open_clip's tokenizer (CLIP BPE)."""
+        return self._tokenizer(list(texts))
+
+    def eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of the end-of-text token (the largest id, as in CLIP)."""
+        return tokens.argmax(dim=-1)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen token embeddings ``(N, L, text_width)``."""
+        return self.model.token_embedding(tokens.to(self.device))
+
+    def encode_text(
+        self,
+        embeds: torch.Tensor,
+        eot_idx: torch.Tensor,
+        deep_prompts: dict[int, torch.Tensor] | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Text features from an embedding sequence.
+
+        Args:
+            embeds: ``(N, L, text_width)`` token embeddings (learned context already inserted).
+            eot_idx: ``(N,)`` EOT positions.
+            deep_prompts: ``{layer: (n_ctx, width)}``; before block ``layer`` positions
+                ``1..n_ctx`` are replaced by the given tokens.
+            normalize: L2-normalise the output.
+
+        Returns:
+            ``(N, embed_dim)`` features, equal to open_clip's ``encode_text`` without prompts.
+        """
+        m = self.model
+        length = int(eot_idx.max().item()) + 1
+        x = embeds[:, :length] + m.positional_embedding[:length].to(embeds.dtype)
+        mask = m.attn_mask[:length, :length] if m.attn_mask is not None else None
+        replace = {k: (1, t) for k, t in (deep_prompts or {}).items()}
+        x = run_blocks(
+            m.transformer.resblocks, x, attn_mask=mask, batch_first=m.transformer.batch_first, replace=replace
+        )
+        x = x[torch.arange(x.shape[0], device=x.device), eot_idx.to(x.device)]
+        x = m.ln_final(x)
+        proj = m.text_projection
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj.to(x.dtype)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    # ---------------------------------------------------------------- vision
+    def _vit_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.model.visual
+        x = v.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1)
+        return x + v.positional_embedding.to(x.dtype)
+
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        prompts: VisualPrompts | None = None,
+        return_tokens: bool = False,
+        normalize: bool = False,
+    ) -> torch.Tensor | ImageOutput:
+        """Image features, optionally with visual prompts.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+            prompts: shallow/deep/key-value prompts (ViT towers only).
+            return_tokens: also return the patch tokens (after ``ln_post``, prompts removed).
+            normalize: L2-normalise the pooled feature.
+
+        Returns:
+            ``(B, embed_dim)`` features (equal to open_clip's ``encode_image`` without
+            prompts), or an :class:`ImageOutput` when ``return_tokens``.
+        """
+        v = self.model.visual
+        if not self.is_vit:
+            if prompts is not None:
+                raise ConfigError(
+                    f"{self.name}: visual prompts need a ViT image tower; this backbone has a "
+                    "ModifiedResNet (RN50-style) tower"
+                )
+            if return_tokens:
+                raise ConfigError(f"{self.name}: patch tokens are only available for ViT image towers")
+            pooled = v(images)
+            return F.normalize(pooled, dim=-1) if normalize else pooled
+        x = self._vit_tokens(images)
+        x = v.patch_dropout(x)
+        n_tok = x.shape[1]
+        prompts = prompts or VisualPrompts()
+        n_p = prompts.n_tokens
+        start = n_tok if prompts.layout == "append" else 1
+        if prompts.tokens is not None:
+            p = prompts.tokens
+            p = (p.unsqueeze(0).expand(x.shape[0], -1, -1) if p.dim() == 2 else p).to(x.dtype)
+            x = torch.cat([x[:, :start], p, x[:, start:]], dim=1)
+        elif prompts.deep:
+            raise ConfigError("deep visual prompts need shallow prompt tokens at layer 0")
+        x = v.ln_pre(x)
+        replace = {k: (start, t) for k, t in prompts.deep.items()}
+        x = run_blocks(
+            v.transformer.resblocks, x, batch_first=v.transformer.batch_first, replace=replace, kv=prompts.kv
+        )
+        if n_p:
+            x = torch.cat([x[:, :start], x[:, start + n_p :]], dim=1)
+        pooled, tokens = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        return ImageOutput(pooled, tokens) if return_tokens else pooled
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """``exp(logit_scale)`` of the checkpoint (100 for OpenAI CLIP)."""
+        return self.model.logit_scale.exp()
