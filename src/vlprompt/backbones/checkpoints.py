@@ -1,0 +1,513 @@
+"""Reading CLIP checkpoints safely and building open_clip models from them.
+
+Three on-disk formats are recognised, by content rather than by file extension:
+
+* ``"safetensors"``: a plain tensor file. Always safe to read.
+* ``"torchscript"``: a TorchScript zip archive, e.g. the OpenAI ``ViT-B-16.pt`` files that
+  ``clip.load`` downloads and that every CoOp-family repository uses.
+* ``"pickle"``: anything written by ``torch.save`` (a state dict, or a training checkpoint
+  holding one under ``"state_dict"`` / ``"model"``), usually ``.pt`` / ``.pth`` / ``.bin``.
+
+Both pickle-based formats can run arbitrary code when they are loaded, so reading them
+requires an explicit ``trust_checkpoint=True`` (``--trust-checkpoint`` on the command line).
+:func:`convert_checkpoint` turns such a file into ``.safetensors`` once, after which it loads
+without the flag.
+
+:func:`build_model` creates an fp32 open_clip model on the CPU and loads weights *strictly*:
+every key and every shape must match, and a mismatch raises a :class:`CheckpointError` that
+names the offending keys instead of silently leaving layers randomly initialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import threading
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import open_clip
+import torch
+
+from vlprompt.backbones.configs import register_configs
+from vlprompt.errors import CheckpointError, ConfigError
+
+__all__ = [
+    "CHECKPOINT_FORMATS",
+    "build_model",
+    "checkpoint_format",
+    "convert_checkpoint",
+    "file_sha256",
+    "read_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+StrPath = str | os.PathLike[str]
+
+#: The values :func:`checkpoint_format` can return.
+CHECKPOINT_FORMATS: tuple[str, ...] = ("safetensors", "torchscript", "pickle")
+
+#: Entries of OpenAI's TorchScript state dicts that are metadata, not model parameters.
+OPENAI_EXTRA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
+
+#: Prefixes added by ``DistributedDataParallel`` / ``DataParallel`` and by ``torch.compile``.
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+#: How many offending keys an error message lists per category.
+_MAX_LISTED = 5
+
+_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
+_JIT_DEPRECATION = r".*torch\.jit\.load.* is deprecated"
+_PICKLE_PROTO = 0x80  # first byte of any pickle written with protocol >= 2 (legacy torch.save)
+
+
+# --------------------------------------------------------------------------- format detection
+
+
+def _existing_file(path: StrPath) -> Path:
+    """Return ``path`` as a :class:`Path`, raising :class:`CheckpointError` unless it is a file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"Checkpoint not found: '{p}'.")
+    if not p.is_file():
+        raise CheckpointError(f"Checkpoint path is not a file: '{p}'.")
+    return p
+
+
+def _looks_like_safetensors(p: Path) -> bool:
+    """True when ``p`` starts with a safetensors header (u64 length + JSON object)."""
+    with p.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return False
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > _SAFETENSORS_MAX_HEADER or n + 8 > p.stat().st_size:
+            return False
+        first = f.read(1)
+    return first == b"{"
+
+
+def _is_torchscript_zip(names: list[str]) -> bool:
+    """True when zip member names are those of a ``torch.jit.save`` archive."""
+    for name in names:
+        parts = name.split("/")
+        if "code" in parts[:-1] or parts[-1] == "constants.pkl":
+            return True
+    return False
+
+
+def checkpoint_format(path: StrPath) -> str:
+    """Detect the format of a checkpoint file from its content.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        ``"safetensors"``, ``"torchscript"`` (a ``torch.jit.save`` zip archive such as OpenAI's
+        CLIP ``.pt`` files) or ``"pickle"`` (anything written by ``torch.save``, zip or legacy).
+
+    Raises:
+        CheckpointError: The file is missing, empty, or in none of these formats.
+    """
+    p = _existing_file(path)
+    try:
+        if _looks_like_safetensors(p):
+            return "safetensors"
+        if zipfile.is_zipfile(p):
+            try:
+                with zipfile.ZipFile(p) as zf:
+                    names = zf.namelist()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise CheckpointError(f"Checkpoint '{p}' is a corrupt zip archive: {e}") from e
+            return "torchscript" if _is_torchscript_zip(names) else "pickle"
+        with p.open("rb") as f:
+            first = f.read(1)
+    except OSError as e:
+        raise CheckpointError(f"Cannot read checkpoint '{p}': {e}") from e
+    if first and first[0] == _PICKLE_PROTO:
+        return "pickle"
+    raise CheckpointError(
+        f"Checkpoint '{p}' is not a recognised format (expected safetensors, a TorchScript archive "
+        "or a torch.save'd state dict); the file may be truncated or corrupt."
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _untrusted_message(p: Path, fmt: str) -> str:
+    kind = "a TorchScript archive" if fmt == "torchscript" else "a pickle file (torch.save)"
+    suggested = p.with_suffix(".safetensors").name
+    return (
+        f"Checkpoint '{p}' is {kind}: pickle-based formats may execute arbitrary code when loaded, "
+        "so vlprompt does not read them by default. If you trust this file, pass "
+        "--trust-checkpoint (API: trust_checkpoint=True), or convert it once with "
+        f"`vlprompt convert {p} {suggested} --trust-checkpoint` and use the .safetensors file."
+    )
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def _normalize_state_dict(obj: object, p: Path) -> dict[str, torch.Tensor]:
+    """Unwrap, clean and cast a loaded checkpoint object to a flat fp32 state dict."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"Checkpoint '{p}' holds a {type(obj).__name__}, "
+            "not a state dict (a mapping of names to tensors)."
+        )
+    out: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    for raw_key, value in obj.items():
+        key = _strip_prefixes(str(raw_key))
+        if key in OPENAI_EXTRA_KEYS:
+            continue
+        if not isinstance(value, torch.Tensor):
+            skipped.append(key)
+            continue
+        if key in out:
+            raise CheckpointError(
+                f"Checkpoint '{p}' has key '{key}' twice (with and without a wrapper prefix)."
+            )
+        value = value.detach()
+        out[key] = value.float() if value.is_floating_point() else value
+    if skipped:
+        logger.debug("Ignoring %d non-tensor entries of %s: %s", len(skipped), p, skipped[:_MAX_LISTED])
+    if not out:
+        raise CheckpointError(f"Checkpoint '{p}' contains no tensors.")
+    return out
+
+
+def read_checkpoint(path: StrPath, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint into a flat, float32, CPU state dict with open_clip key names.
+
+    Safetensors files are always read. Pickle-based files (``torch.save`` state dicts and
+    TorchScript archives) can execute code on load and are only read with
+    ``trust_checkpoint=True``.
+
+    The result is cleaned up the way CLIP checkpoints need: a ``"state_dict"`` (or
+    ``"model"``) wrapper is unwrapped, ``module.`` prefixes are stripped, OpenAI's metadata
+    entries (``input_resolution``, ``context_length``, ``vocab_size``) are dropped and floating
+    tensors are cast to float32 (OpenAI archives are partly float16).
+
+    Args:
+        path: The checkpoint file.
+        trust_checkpoint: Allow reading pickle-based formats.
+
+    Returns:
+        A mapping from parameter/buffer name to tensor.
+
+    Raises:
+        CheckpointError: The file is missing, unreadable, untrusted or holds no state dict.
+    """
+    p = _existing_file(path)
+    fmt = checkpoint_format(p)
+    if fmt != "safetensors" and not trust_checkpoint:
+        raise CheckpointError(_untrusted_message(p, fmt))
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(p), device="cpu")
+        elif fmt == "torchscript":
+            with warnings.catch_warnings():
+                # torch >= 2.9 deprecates TorchScript; reading the weights out once is still fine.
+                warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+                obj = torch.jit.load(str(p), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=False)
+    except CheckpointError:
+        raise
+    except Exception as e:  # corrupt files surface as many different exception types
+        raise CheckpointError(f"Cannot read {fmt} checkpoint '{p}': {type(e).__name__}: {e}") from e
+    return _normalize_state_dict(obj, p)
+
+
+# --------------------------------------------------------------------------- model building
+
+
+class _DropMessages(logging.Filter):
+    """Logging filter that drops records whose message starts with a given prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning: vlprompt loads weights itself."""
+    flt = _DropMessages("No pretrained weights loaded for model")
+    root = logging.getLogger()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _check_arch(arch: str) -> None:
+    register_configs()
+    known = open_clip.list_models()
+    if arch in known:
+        return
+    close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"Unknown architecture '{arch}'.{hint} See open_clip.list_models() (or "
+        "vlprompt.backbones.configs.list_architectures()) for all names."
+    )
+
+
+def _tower_hint(arch: str, model_keys: set[str], ckpt_keys: set[str]) -> str:
+    """A one-line guess at what the checkpoint is, when it clearly is something else."""
+    model_vit = "visual.class_embedding" in model_keys
+    model_rn = any(k.startswith("visual.layer1.") for k in model_keys)
+    ckpt_vit = "visual.class_embedding" in ckpt_keys
+    ckpt_rn = any(k.startswith("visual.layer1.") for k in ckpt_keys)
+    if model_vit and ckpt_rn:
+        return f" Hint: the checkpoint's image tower is a ResNet (RN50-style) but '{arch}' is a ViT."
+    if model_rn and ckpt_vit:
+        return f" Hint: the checkpoint's image tower is a ViT but '{arch}' is a ResNet."
+    if any(k.startswith(("vision_model.", "text_model.")) for k in ckpt_keys):
+        return (
+            " Hint: this looks like a Hugging Face transformers CLIP checkpoint; vlprompt expects "
+            "open_clip / OpenAI key names."
+        )
+    return ""
+
+
+def _fmt_shape(shape: torch.Size) -> str:
+    return str(tuple(shape))
+
+
+def _match_state_dict(
+    arch: str, model: torch.nn.Module, state: dict[str, torch.Tensor], p: Path
+) -> dict[str, torch.Tensor]:
+    """Check ``state`` against ``model`` key by key and shape by shape; return what to load."""
+    model_sd = model.state_dict()
+    persistent = set(model_sd)
+    # Buffers open_clip does not persist (e.g. the causal ``attn_mask``) may appear in older
+    # checkpoints; they are rebuilt by the model, so such entries are ignored.
+    transient = {name for name, _ in model.named_buffers()} - persistent
+    state = dict(state)
+    for key in list(state):
+        if key in transient or (key not in persistent and key.rsplit(".", 1)[-1] == "attn_mask"):
+            del state[key]
+
+    # Scalars saved as shape () vs (1,) (open_clip's logit_scale/logit_bias history).
+    for key in ("logit_scale", "logit_bias"):
+        if key in state and key in model_sd and state[key].shape != model_sd[key].shape:
+            if state[key].numel() == model_sd[key].numel() == 1:
+                state[key] = state[key].reshape(model_sd[key].shape)
+
+    missing = [k for k in model_sd if k not in state]
+    # BatchNorm's step counter does not affect eval outputs; tolerate checkpoints without it.
+    tolerated = [k for k in missing if k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if k not in tolerated]
+    unexpected = [k for k in state if k not in model_sd]
+    mismatched = [
+        f"{k}: checkpoint {_fmt_shape(state[k].shape)} vs {arch} {_fmt_shape(model_sd[k].shape)}"
+        for k in model_sd
+        if k in state and state[k].shape != model_sd[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
+            if items:
+                more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
+        raise CheckpointError(
+            f"Checkpoint '{p}' does not match architecture '{arch}': "
+            + "; ".join(parts)
+            + "."
+            + _tower_hint(arch, set(model_sd), set(state))
+        )
+    for key in tolerated:
+        state[key] = model_sd[key]
+    return state
+
+
+def build_model(
+    arch: str,
+    weights: StrPath | None = None,
+    trust_checkpoint: bool = False,
+    force_quick_gelu: bool | None = None,
+) -> open_clip.CLIP | open_clip.CustomTextCLIP:
+    """Create an open_clip model in fp32 on the CPU, in eval mode, optionally with weights.
+
+    Nothing is downloaded: the architecture is built with ``pretrained=None`` and the weights,
+    if given, come from a local file read by :func:`read_checkpoint` and loaded strictly.
+
+    OpenAI's CLIP models were trained with QuickGELU. When ``weights`` is a TorchScript archive
+    (the OpenAI ``.pt`` format) and ``force_quick_gelu`` is ``None``, the model is built with
+    ``force_quick_gelu=True`` so its outputs match the original; pass ``False`` to override.
+    For other formats ``None`` means the architecture's own setting (use a ``-quickgelu``
+    architecture name, or ``True`` here, for converted OpenAI weights).
+
+    Args:
+        arch: An open_clip architecture name, e.g. ``"ViT-B-16"`` or ``"tiny-clip"``.
+        weights: Optional checkpoint file (safetensors, TorchScript archive or state dict).
+        trust_checkpoint: Allow pickle-based checkpoint formats (see :func:`read_checkpoint`).
+        force_quick_gelu: Force QuickGELU activations (``None``: decide as described above).
+
+    Returns:
+        The model (``open_clip.CLIP`` or ``open_clip.CustomTextCLIP``) in eval mode.
+
+    Raises:
+        ConfigError: ``arch`` is unknown; the message lists close matches.
+        CheckpointError: The weights cannot be read, are untrusted, or do not match ``arch``.
+    """
+    _check_arch(arch)
+    state: dict[str, torch.Tensor] | None = None
+    p: Path | None = None
+    if weights is not None:
+        p = _existing_file(weights)
+        if force_quick_gelu is None and checkpoint_format(p) == "torchscript":
+            force_quick_gelu = True
+            logger.info("'%s' is a TorchScript (OpenAI) archive: building %s with QuickGELU.", p, arch)
+        state = read_checkpoint(p, trust_checkpoint=trust_checkpoint)
+
+    with _quiet_random_init_warning():
+        model = open_clip.create_model(
+            arch,
+            pretrained=None,
+            precision="fp32",
+            device="cpu",
+            force_quick_gelu=bool(force_quick_gelu),
+            pretrained_image=False,
+            pretrained_text=False,
+        )
+
+    if state is None or p is None:
+        logger.info("No weights given for '%s': the model is randomly initialised.", arch)
+    else:
+        to_load = _match_state_dict(arch, model, state, p)
+        model.load_state_dict(to_load, strict=True)
+        logger.info("Loaded '%s' weights from %s.", arch, p)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _owned_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor that owns exactly its storage (safetensors refuses shared memory)."""
+    t = t.detach().contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def convert_checkpoint(src: StrPath, dst: StrPath, trust_checkpoint: bool = False) -> Path:
+    """Convert a checkpoint to a ``.safetensors`` file that loads without trusting pickle.
+
+    ``src`` is read with :func:`read_checkpoint` (same trust rule and clean-up: unwrapped,
+    prefix-stripped, float32). The output is written to a temporary file next to ``dst`` and
+    renamed into place, so an interrupted conversion never leaves a partial ``dst``. Its
+    metadata records ``{"format": "vlprompt-converted", "source_format": <format of src>}``.
+
+    Args:
+        src: The checkpoint to convert.
+        dst: The output path; must end with ``.safetensors``.
+        trust_checkpoint: Allow reading a pickle-based ``src``.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        CheckpointError: ``dst`` has the wrong suffix, or ``src`` cannot be read or is untrusted.
+    """
+    out = Path(dst).expanduser()
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"Conversion output must end with .safetensors, got '{out}'.")
+    src_path = _existing_file(src)
+    fmt = checkpoint_format(src_path)
+    state = read_checkpoint(src_path, trust_checkpoint=trust_checkpoint)
+    tensors = {k: _owned_contiguous(v) for k, v in state.items()}
+
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "vlprompt-converted", "source_format": fmt})
+        os.replace(tmp, out)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"Cannot write '{out}': {e}") from e
+        raise
+    logger.info("Converted %s checkpoint '%s' to '%s' (%d tensors).", fmt, src_path, out, len(tensors))
+    return out
+
+
+# --------------------------------------------------------------------------- hashing
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+_CHUNK = 4 * 1024 * 1024
+
+
+def file_sha256(path: StrPath) -> str:
+    """SHA-256 hex digest of a file, streamed, and cached in-process by (path, size, mtime).
+
+    Used as the weights id of feature caches: the same bytes give the same id wherever the
+    file lives, and rewriting the file changes its size or mtime and so invalidates the cache.
+
+    Raises:
+        CheckpointError: The file is missing or unreadable.
+    """
+    p = _existing_file(path)
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        with _SHA_LOCK:
+            cached = _SHA_CACHE.get(key)
+        if cached is not None:
+            return cached
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except OSError as e:
+        raise CheckpointError(f"Cannot read '{p}': {e}") from e
+    digest = h.hexdigest()
+    with _SHA_LOCK:
+        _SHA_CACHE[key] = digest
+    return digest
