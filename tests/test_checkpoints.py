@@ -297,6 +297,14 @@ def test_convert_torchscript(tmp_path: Path, vit_source: nn.Module) -> None:
     with safe_open(str(dst), framework="pt") as f:
         assert f.metadata()["source_format"] == "torchscript"
     _assert_same_state(vit_source, read_checkpoint(dst))
+    # The converted OpenAI weights still get QuickGELU automatically, without the trust flag.
+    loaded = build_model("tiny-clip", weights=dst)
+    assert any(isinstance(m, open_clip.transformer.QuickGELU) for m in loaded.modules())
+    plain = tmp_path / "plain.safetensors"
+    save_file(vit_source.state_dict(), str(plain))
+    assert not any(
+        isinstance(m, open_clip.transformer.QuickGELU) for m in build_model("tiny-clip", plain).modules()
+    )
 
 
 def test_convert_without_trust_writes_nothing(tmp_path: Path, pickle_ckpt: Path) -> None:

@@ -361,6 +361,24 @@ def _match_state_dict(
     return state
 
 
+def _is_openai_archive(p: Path) -> bool:
+    """True for a TorchScript archive, or a safetensors file :func:`convert_checkpoint` made from one."""
+    fmt = checkpoint_format(p)
+    if fmt == "torchscript":
+        return True
+    if fmt != "safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # corrupt header: read_checkpoint reports it with the file name
+        logger.debug("Cannot read safetensors metadata of %s: %s", p, e)
+        return False
+    return meta.get("format") == "vlprompt-converted" and meta.get("source_format") == "torchscript"
+
+
 def build_model(
     arch: str,
     weights: StrPath | None = None,
@@ -373,10 +391,11 @@ def build_model(
     if given, come from a local file read by :func:`read_checkpoint` and loaded strictly.
 
     OpenAI's CLIP models were trained with QuickGELU. When ``weights`` is a TorchScript archive
-    (the OpenAI ``.pt`` format) and ``force_quick_gelu`` is ``None``, the model is built with
+    (the OpenAI ``.pt`` format), or a ``.safetensors`` file that :func:`convert_checkpoint`
+    made from one, and ``force_quick_gelu`` is ``None``, the model is built with
     ``force_quick_gelu=True`` so its outputs match the original; pass ``False`` to override.
-    For other formats ``None`` means the architecture's own setting (use a ``-quickgelu``
-    architecture name, or ``True`` here, for converted OpenAI weights).
+    Otherwise ``None`` means the architecture's own setting (use a ``-quickgelu`` architecture
+    name, or ``True`` here, for OpenAI weights converted by other tools).
 
     Args:
         arch: An open_clip architecture name, e.g. ``"ViT-B-16"`` or ``"tiny-clip"``.
@@ -396,9 +415,9 @@ def build_model(
     p: Path | None = None
     if weights is not None:
         p = _existing_file(weights)
-        if force_quick_gelu is None and checkpoint_format(p) == "torchscript":
+        if force_quick_gelu is None and _is_openai_archive(p):
             force_quick_gelu = True
-            logger.info("'%s' is a TorchScript (OpenAI) archive: building %s with QuickGELU.", p, arch)
+            logger.info("'%s' holds OpenAI (TorchScript) weights: building %s with QuickGELU.", p, arch)
         state = read_checkpoint(p, trust_checkpoint=trust_checkpoint)
 
     with _quiet_random_init_warning():
