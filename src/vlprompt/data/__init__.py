@@ -1,0 +1,116 @@
+"""Datasets, few-shot splits and image transforms.
+
+Importing this package registers every dataset: the 11 CoOp benchmarks (ImageNet, Caltech101,
+OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101), the
+4 ImageNet variants (V2, Sketch, A, R) and the generic ``imagefolder`` and ``csv`` datasets.
+
+Example:
+    >>> from vlprompt.data import load_dataset, ImageDataset, test_transform
+    >>> task = load_dataset("eurosat", "~/data", shots=16, seed=1, subsample="base")
+    >>> ds = ImageDataset(task.test, test_transform(224), split="test")
+"""
+
+from __future__ import annotations
+
+import os
+
+from vlprompt.errors import ConfigError
+
+from . import coop_datasets, custom, imagenet  # noqa: F401  (registers the datasets)
+from .fewshot import (
+    apply_few_shot,
+    load_split,
+    read_split_meta,
+    sample_few_shot,
+    save_split,
+    subsample_classes,
+)
+from .images import ImageDataset, check_readable
+from .registry import canonical_name, get_loader, list_datasets, register_dataset
+from .synthetic import make_image_folder
+from .task import Sample, Task
+from .templates import IMAGENET_SELECT_TEMPLATES, TEMPLATES, ensemble_templates
+from .transforms import CLIP_MEAN, CLIP_STD, test_transform, train_transform, transform_id
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_SELECT_TEMPLATES",
+    "TEMPLATES",
+    "ImageDataset",
+    "Sample",
+    "Task",
+    "apply_few_shot",
+    "canonical_name",
+    "check_readable",
+    "ensemble_templates",
+    "get_loader",
+    "list_datasets",
+    "load_dataset",
+    "load_split",
+    "make_image_folder",
+    "register_dataset",
+    "sample_few_shot",
+    "save_split",
+    "subsample_classes",
+    "test_transform",
+    "train_transform",
+    "transform_id",
+]
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    shots: int | None = None,
+    seed: int = 1,
+    subsample: str = "all",
+    split_file: str | os.PathLike[str] | None = None,
+) -> Task:
+    """Load a registered dataset, optionally few-shot sampled and class-subsampled.
+
+    Steps: load the full dataset from ``root`` -> take the few-shot sample stored in ``split_file``
+    (if given) or draw ``shots`` per class with ``seed`` (if ``shots``) -> keep the ``"base"`` or
+    ``"new"`` half of the classes (``subsample``). Nothing is written to ``root``.
+
+    Args:
+        name: dataset name (case, ``-`` and ``_`` ignored): ``"eurosat"``, ``"OxfordPets"``,
+            ``"imagenet-v2"``, ``"imagefolder"``, ``"csv"`` ... (see :func:`list_datasets`).
+        root: the data directory holding the dataset folder (``$DATA``), or the dataset folder
+            itself (for ``csv``: the CSV file or its folder).
+        shots: images per class in train (val gets ``min(shots, 4)``); ``None`` keeps all.
+        seed: seed of the few-shot sample.
+        subsample: ``"all"``, ``"base"`` (first ceil(n/2) classes) or ``"new"`` (the rest).
+        split_file: a few-shot split saved by :func:`save_split`; used instead of sampling.
+
+    Raises:
+        ConfigError: unknown name, invalid ``shots``/``subsample``, or ``shots`` disagreeing with
+            the split file.
+        DatasetError: missing or malformed data (the message shows the expected layout).
+
+    Example:
+        >>> task = load_dataset("dtd", "~/data", shots=16, seed=2, subsample="new")
+        >>> task.template
+        '{} texture.'
+    """
+    if subsample not in ("all", "base", "new"):
+        raise ConfigError(f"subsample={subsample!r} is invalid; expected 'all', 'base' or 'new'")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+        raise ConfigError(f"shots={shots!r} is invalid; expected a positive integer or None")
+    canonical = canonical_name(name)
+    task = get_loader(name)(root)
+    task.name = canonical
+    task.seed = seed
+    if split_file is not None:
+        stored = read_split_meta(split_file).get("shots")
+        if shots is not None and stored is not None and stored != shots:
+            raise ConfigError(
+                f"shots={shots} disagrees with the split file '{split_file}', which holds {stored} shots; "
+                "expected the same value (or shots=None)"
+            )
+        task = load_split(split_file, task)
+        if task.shots is None:
+            task.shots = shots
+    elif shots is not None:
+        task = apply_few_shot(task, shots, seed)
+    return subsample_classes(task, subsample)

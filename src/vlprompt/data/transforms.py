@@ -1,0 +1,115 @@
+"""CLIP's image pre-processing (reference: Dassl transforms with the CoOp configs).
+
+* test: resize the shorter side to ``size`` (bicubic, aspect kept), centre crop ``size``, normalise.
+* train: ``RandomResizedCrop(size, scale=(0.08, 1.0))`` (bicubic), random horizontal flip, normalise.
+
+Images are converted to RGB first (grey-scale, palette and RGBA files are common in real datasets).
+
+Example:
+    >>> t = test_transform(224)
+    >>> t(Image.open("cat.jpg")).shape
+    torch.Size([3, 224, 224])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image
+from torchvision import transforms as T
+
+from vlprompt.errors import ConfigError
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+TRAIN_SCALE: tuple[float, float] = (0.08, 1.0)
+TRANSFORM_KINDS = ("train", "test")
+_VERSION = 1
+
+
+class ToRGB:
+    """Convert a PIL image to RGB (a picklable callable, safe for DataLoader workers)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def _check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"image size {size!r} is invalid; expected a positive integer such as 224")
+    return size
+
+
+def test_transform(
+    size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> T.Compose:
+    """Resize (short side, bicubic) + CenterCrop + ToTensor + Normalize."""
+    size = _check_size(size)
+    return T.Compose(
+        [
+            ToRGB(),
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def train_transform(
+    size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> T.Compose:
+    """RandomResizedCrop(scale=(0.08, 1), bicubic) + RandomHorizontalFlip + ToTensor + Normalize."""
+    size = _check_size(size)
+    return T.Compose(
+        [
+            ToRGB(),
+            T.RandomResizedCrop(size, scale=TRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def build_transform(
+    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> T.Compose:
+    """``train_transform`` or ``test_transform`` by name."""
+    _check_kind(kind)
+    return (train_transform if kind == "train" else test_transform)(size, mean, std)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in TRANSFORM_KINDS:
+        raise ConfigError(f"transform kind {kind!r} is unknown; expected 'train' or 'test'")
+
+
+def transform_id(
+    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> str:
+    """A string that identifies a transform exactly, for use in feature-cache keys.
+
+    Example:
+        >>> transform_id("test", 224)
+        'v1-test-resize_bicubic224-centercrop224-clipnorm'
+    """
+    _check_kind(kind)
+    size = _check_size(size)
+    if tuple(mean) == CLIP_MEAN and tuple(std) == CLIP_STD:
+        norm = "clipnorm"
+    else:
+        norm = "norm_" + "_".join(f"{v:.6g}" for v in (*mean, *std))
+    if kind == "test":
+        ops = f"resize_bicubic{size}-centercrop{size}"
+    else:
+        ops = f"rrc_bicubic{size}_s{TRAIN_SCALE[0]:g}-{TRAIN_SCALE[1]:g}-hflip"
+    return f"v{_VERSION}-{kind}-{ops}-{norm}"
+
+
+# ``test_transform`` matches pytest's test-name pattern; keep pytest from collecting it when a test
+# module imports it.
+test_transform.__test__ = False  # type: ignore[attr-defined]
