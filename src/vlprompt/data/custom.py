@@ -70,7 +70,7 @@ def load_imagefolder(root: Path) -> Task:
         missing = "does not exist" if not base.is_dir() else "has no 'train/' and 'test/' folders"
         raise DatasetError(
             f"imagefolder dataset not found: '{base}' {missing}. Expected this layout:\n"
-            + layout_tree(base.name or str(base), _FOLDER_LAYOUT, top="..")
+            + layout_tree(base.name or str(base), _FOLDER_LAYOUT, top=str(base.parent))
         )
     folders = list_subdirs(base / "train")
     if not folders:
