@@ -1,0 +1,265 @@
+"""Command line: a thin layer over the API (``vlprompt --help``).
+
+Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``.
+User errors print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, VlpromptError
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["n_ctx=4", "ctx_init=a photo of a"]`` → typed dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"method option {pair!r} is not KEY=VALUE (e.g. -o n_ctx=4)")
+        key, value = pair.split("=", 1)
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        out[key.strip().replace("-", "_")] = value if parsed is None else parsed
+    return out
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="tiny-clip", help="open_clip architecture or tiny-clip")
+    p.add_argument("--weights", help="checkpoint: .safetensors, open_clip state dict, OpenAI .pt archive")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
+    p.add_argument("--device", default="auto")
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("epochs", "lr", "batch_size", "optimizer", "precision", "feature_views", "cache_dir", "seed",
+            "device", "num_workers", "weight_decay", "warmup_epochs", "grad_clip")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlprompt", description="Prompt tuning of frozen vision-language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("methods", help="list registered methods")
+    p = sub.add_parser("datasets", help="list datasets (with --root: which are present)")
+    p.add_argument("--root", help="data root ($DATA) to check")
+
+    p = sub.add_parser("train", help="train a method on a dataset and write a run directory")
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", required=True, help="data root ($DATA) or the dataset folder")
+    p.add_argument("--shots", type=int, help="K images per class (few-shot); default: all")
+    p.add_argument("--subsample", default="all", choices=["all", "base", "new"])
+    p.add_argument("--split-file", help="a stored few-shot split (split.json) to use instead of sampling")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
+    _add_backbone_args(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--feature-views", type=int, help="cached augmented views per image (0 = no cache)")
+    p.add_argument("--cache-dir")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--num-workers", type=int)
+
+    p = sub.add_parser("eval", help="evaluate a trained run, e.g. on the new classes (base → new)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--subsample", choices=["all", "base", "new"], help="default: the run's")
+    p.add_argument("--dataset", help="another dataset (cross-dataset transfer); default: the run's")
+    p.add_argument("--root", help="data root of --dataset")
+    p.add_argument("--weights")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir")
+
+    p = sub.add_parser("predict", help="top-k classes for image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--run", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--weights")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("convert", help="convert a checkpoint to .safetensors once")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--trust-checkpoint", action="store_true")
+
+    p = sub.add_parser("demo", help="generate a small dataset and run zeroshot, linear-probe and coop on it")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--backbone", default="tiny-clip")
+    p.add_argument("--epochs", type=int, default=10)
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_methods(args: argparse.Namespace) -> None:
+    from .methods import get_method_class, list_methods
+
+    for name in list_methods():
+        doc = "" if name.startswith("+") else (get_method_class(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:16s} {doc}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from .data import get_loader, list_datasets
+
+    for name in list_datasets():
+        if not args.root:
+            print(name)
+            continue
+        try:
+            task = get_loader(name)(Path(args.root).expanduser())
+            print(f"{name:22s} present  {task.num_classes} classes, {len(task.test)} test images")
+        except VlpromptError:
+            print(f"{name:22s} missing")
+
+
+def _load_backbone(name: str, weights: str | None, trust: bool, device: str):
+    from . import load_backbone
+    from .engine.precision import resolve_device
+
+    return load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import vlprompt as vp
+
+    from .methods import get_method_class
+
+    options = _parse_options(args.opt)
+    base = args.method.split("+")[0]
+    get_method_class(base)  # unknown names fail before anything is loaded or written
+    task = vp.load_dataset(args.dataset, args.root, shots=args.shots, seed=args.seed, subsample=args.subsample,
+                           split_file=args.split_file)
+    if base == "zeroshot" and "template" not in options:
+        options["template"] = task.template
+    bb = _load_backbone(args.backbone, args.weights, args.trust_checkpoint, args.device)
+    vp.seed_everything(args.seed)
+    model = vp.build_method(args.method, bb, task.classnames, **options)
+    results = vp.fit(model, task, run_dir=args.out, **_train_options(args))
+    print(json.dumps({k: v for k, v in results.items() if k != "env"}, indent=2))
+
+
+def _run_setup(run: Path, args: argparse.Namespace):
+    from .engine.run import RunDir
+
+    cfg = RunDir(run).read_config()
+    if not cfg:
+        raise ConfigError(f"{run} is not a run directory (no config.yaml); train one with `vlprompt train`")
+    bcfg = cfg["backbone"]
+    weights = args.weights or bcfg.get("weights")
+    bb = _load_backbone(bcfg["name"], weights, args.trust_checkpoint, args.device)
+    return cfg, bb
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import vlprompt as vp
+
+    from .engine.run import RunDir
+    from .engine.train import hm
+
+    run = RunDir(args.run)
+    cfg, bb = _run_setup(run.path, args)
+    ds = cfg["dataset"]
+    name = args.dataset or ds["name"]
+    root = args.root or ds["root"]
+    subsample = args.subsample or ds["subsample"]
+    task = vp.load_dataset(name, root, subsample=subsample)
+    model = vp.load_prompt(run.path, bb, classnames=task.classnames)
+    acc = vp.evaluate(model, task.test, device=args.device, cache_dir=args.cache_dir)
+    out = {"dataset": name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}
+    from .engine.run import atomic_write
+
+    atomic_write(run.path / f"eval_{name}_{subsample}.json", json.dumps(out, indent=2) + "\n")
+    results = run.read_results()
+    if results is not None and name == ds["name"] and ds["subsample"] == "base" and subsample == "new":
+        results["new_acc"] = acc
+        results["hm"] = hm(results["base_acc"], acc)
+        run.write_results(results)
+        out.update({"base_acc": results["base_acc"], "new_acc": acc, "hm": results["hm"]})
+    print(json.dumps(out, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import vlprompt as vp
+
+    _, bb = _run_setup(Path(args.run), args)
+    model = vp.load_prompt(args.run, bb)
+    for path, preds in zip(args.images, vp.predict(model, args.images, topk=args.topk, device=args.device),
+                           strict=True):
+        print(path + "\t" + "  ".join(f"{name} ({p:.3f})" for name, p in preds))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .backbones import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.dst, trust_checkpoint=args.trust_checkpoint)
+    print(f"wrote {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import vlprompt as vp
+    from vlprompt.data import make_image_folder
+
+    from .backbones import embedded_weights
+
+    out = Path(args.out)
+    data = out / "data" / "shapes"
+    if not (data / "train").exists():
+        make_image_folder(data, n_train=16, n_val=4, n_test=20, seed=0)
+    if embedded_weights(args.backbone) is None:
+        print(f"note: {args.backbone} has no shipped weights yet; it runs randomly initialised, "
+              "so accuracies are near chance except for the linear probe and CoOp")
+    bb = vp.load_backbone(args.backbone)
+    rows = []
+    for method, train in (("zeroshot", {}), ("linear-probe", {}),
+                          ("coop", {"epochs": args.epochs, "lr": 0.0035, "batch_size": 4})):
+        for sub in ("base",):
+            task = vp.load_dataset("imagefolder", data, shots=16, seed=1, subsample=sub)
+            opts = {"template": task.template} if method == "zeroshot" else {}
+            vp.seed_everything(1)
+            model = vp.build_method(method, bb, task.classnames, **opts)
+            res = vp.fit(model, task, run_dir=str(out / method), cache_dir=str(out / "cache"), **train)
+            row = {"method": method, "base_acc": res["acc"], "train_seconds": res["train_seconds"]}
+            if method != "linear-probe":
+                new = vp.load_dataset("imagefolder", data, subsample="new")
+                model.set_classnames(new.classnames)
+                row["new_acc"] = vp.evaluate(model, new.test, cache_dir=str(out / "cache"))
+            rows.append(row)
+    print(f"\n{'method':14s} {'base':>7s} {'new':>7s} {'train s':>8s}")
+    for r in rows:
+        new = f"{r['new_acc']:7.2f}" if "new_acc" in r else "      -"
+        print(f"{r['method']:14s} {r['base_acc']:7.2f} {new} {r['train_seconds']:8.2f}")
+    print(f"\nrun directories under {out}/")
+
+
+COMMANDS = {
+    "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
+    "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except VlpromptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Training configuration: one frozen dataclass, serialised next to every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+
+#: Default number of cached augmented views per training image (see docs/performance.md).
+DEFAULT_FEATURE_VIEWS = 4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of the training loop (defaults: Dassl / CoOp).
+
+    Attributes:
+        epochs: number of epochs, the warm-up epoch included (Dassl ``MAX_EPOCH``).
+        lr: base learning rate.
+        batch_size: training batch size.
+        optimizer: ``sgd`` (momentum, Dassl default), ``adamw`` or ``adam``.
+        momentum: SGD momentum.
+        weight_decay: weight decay (applies to prompt vectors too, as in Dassl).
+        warmup_epochs: constant warm-up epochs at ``warmup_lr`` (they count in ``epochs``).
+        warmup_lr: warm-up learning rate.
+        scheduler: ``cosine`` (over ``epochs``, restarting its count after warm-up) or ``constant``.
+        precision: ``fp32``, ``bf16``/``fp16`` autocast, or ``auto`` (bf16 where supported).
+        feature_views: N cached augmented views per training image for methods with a frozen
+            image tower; 0 = a fresh augmentation on every step (no cache, reference pattern).
+        cache_dir: directory of the image-feature cache (``None``: ``~/.cache/vlprompt``).
+        seed: seed of sampling, augmentation and initialisation.
+        grad_clip: max gradient norm, or 0 for none.
+        eval_batch_size: test batch size (Dassl: 100).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        num_workers: data-loader workers.
+        progress: show tqdm bars (only on a terminal).
+    """
+
+    epochs: int = 10
+    lr: float = 0.002
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    precision: Precision = "auto"
+    feature_views: int = DEFAULT_FEATURE_VIEWS
+    cache_dir: str | None = None
+    seed: int = 1
+    grad_clip: float = 0.0
+    eval_batch_size: int = 100
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+            raise ConfigError(
+                f"invalid training config: epochs={self.epochs} (>= 0), batch_size={self.batch_size} (>= 1), "
+                f"lr={self.lr} (>= 0)"
+            )
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ConfigError(f"precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
+        if self.optimizer not in ("sgd", "adamw", "adam"):
+            raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
+        if self.feature_views < 0:
+            raise ConfigError(f"feature_views must be >= 0, got {self.feature_views}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; valid options: {sorted(names)}")
+        return cls(**kwargs)

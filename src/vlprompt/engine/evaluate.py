@@ -1,0 +1,54 @@
+"""Evaluation: top-1 accuracy, with class text features computed once per evaluation."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.images import ImageDataset
+from ..data.task import Sample
+from ..data.transforms import test_transform
+from ..methods.base import PromptMethod
+from .features import FeatureCache
+from .precision import autocast
+
+
+@torch.no_grad()
+def predict_logits(
+    model: PromptMethod, samples: list[Sample], cache: FeatureCache, precision: str, device: torch.device,
+    batch_size: int = 100, num_workers: int = 0,
+) -> torch.Tensor:
+    """Logits ``(N, n_cls)`` of ``samples`` (plain test view), on CPU, float32."""
+    model.eval()
+    out: list[torch.Tensor] = []
+    if model.uses_image_features:
+        feats = cache.get(samples, "test")
+        with autocast(precision, device):
+            text = model.eval_text_features()
+            for i in range(0, len(feats), batch_size):
+                f = feats[i : i + batch_size].to(device)
+                out.append(model.logits_from_features(f, text).float().cpu())
+    else:
+        loader = DataLoader(
+            ImageDataset(samples, test_transform(model.backbone.image_size)),
+            batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        )
+        for images, _, _ in loader:
+            with autocast(precision, device):
+                out.append(model(images.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(model.classnames))
+
+
+def evaluate_samples(
+    model: PromptMethod, samples: list[Sample], cache: FeatureCache, precision: str, device: torch.device,
+    batch_size: int = 100, num_workers: int = 0,
+) -> dict[str, float]:
+    """Top-1 accuracy in percent (micro average over ``samples``) and timing."""
+    start = time.perf_counter()
+    logits = predict_logits(model, samples, cache, precision, device, batch_size, num_workers)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    correct = int((logits.argmax(-1) == labels).sum()) if len(samples) else 0
+    acc = 100.0 * correct / max(len(samples), 1)
+    return {"acc": acc, "n": len(samples), "correct": correct, "seconds": time.perf_counter() - start}

@@ -1,0 +1,110 @@
+"""Image-feature cache for methods whose image tower is frozen and unprompted.
+
+Training uses N augmented views per image (``TrainConfig.feature_views``); evaluation and
+the linear probe use the plain test view. Each set of features is computed once and stored
+under the cache dir, keyed by backbone + weights id + transform + view + augmentation seed
++ precision + the image files (path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from ..backbones.base import Backbone
+from ..data.images import ImageDataset
+from ..data.task import Sample
+from ..data.transforms import test_transform, train_transform, transform_id
+from .precision import autocast
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt")) / "features"
+
+
+def _file_sig(path: str) -> tuple[str, int, int]:
+    try:
+        st = os.stat(path)
+        return (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (path, -1, -1)
+
+
+class FeatureCache:
+    """Computes and stores image features of sample lists.
+
+    Example:
+        >>> cache = FeatureCache(bb, precision="bf16", device=torch.device("cpu"))
+        >>> test_feats = cache.get(task.test, "test")          # (N, embed_dim), float32, CPU
+        >>> view3 = cache.get(task.train, "train", view=3, seed=1)
+    """
+
+    def __init__(
+        self, backbone: Backbone, precision: str, device: torch.device, cache_dir: str | Path | None = None,
+        batch_size: int = 100, num_workers: int = 0, persist: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.precision = precision
+        self.device = device
+        self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.persist = persist
+        self._memo: dict[str, torch.Tensor] = {}
+        self.computed = 0  # number of feature sets computed (not read from cache)
+
+    def key(self, samples: list[Sample], kind: str, view: int, seed: int) -> str:
+        desc = {
+            "backbone": self.backbone.name,
+            "weights": self.backbone.weights_id,
+            "transform": transform_id(kind, self.backbone.image_size),
+            "view": view if kind == "train" else 0,
+            "seed": seed if kind == "train" else 0,
+            "precision": self.precision,
+            "files": [_file_sig(s.path) for s in samples],
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+    def get(self, samples: list[Sample], kind: str = "test", view: int = 0, seed: int = 0) -> torch.Tensor:
+        """Features ``(len(samples), embed_dim)`` of the plain (``test``) or an augmented view."""
+        if not samples:
+            return torch.zeros(0, self.backbone.embed_dim)
+        key = self.key(samples, kind, view, seed)
+        if key in self._memo:
+            return self._memo[key]
+        path = self.dir / key[:2] / f"{key}.safetensors"
+        if self.persist and path.exists():
+            feats = load_file(str(path))["features"]
+        else:
+            feats = self._compute(samples, kind, view, seed)
+            if self.persist:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                save_file({"features": feats.contiguous()}, str(tmp))
+                os.replace(tmp, path)
+        self._memo[key] = feats
+        return feats
+
+    @torch.no_grad()
+    def _compute(self, samples: list[Sample], kind: str, view: int, seed: int) -> torch.Tensor:
+        self.computed += 1
+        size = self.backbone.image_size
+        tf = train_transform(size) if kind == "train" else test_transform(size)
+        gen = torch.Generator().manual_seed(1_000_003 * seed + view)
+        loader = DataLoader(
+            ImageDataset(samples, tf), batch_size=self.batch_size, shuffle=False,
+            num_workers=self.num_workers, generator=gen,
+        )
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1_000_003 * seed + view)
+            for images, _, _ in loader:
+                with autocast(self.precision, self.device):
+                    out.append(self.backbone.encode_image(images.to(self.device)).float().cpu())
+        return torch.cat(out)

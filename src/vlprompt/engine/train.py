@@ -1,0 +1,297 @@
+"""The one training loop (Dassl semantics): SGD + warm-up/cosine per epoch, AMP, resume.
+
+Determinism: the sample order, the choice of cached view and the image augmentation of
+epoch ``e`` come from generators seeded by ``(seed, e)``, so a run resumed from the
+checkpoint of epoch ``k`` continues exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..data.images import ImageDataset
+from ..data.splitfile import relative_entry
+from ..data.task import Task
+from ..data.transforms import train_transform
+from ..errors import ConfigError
+from ..methods.base import PromptMethod, config_to_dict
+from ..prompt_io import method_identity, save_prompt
+from .config import TrainConfig
+from .evaluate import evaluate_samples
+from .features import FeatureCache
+from .precision import autocast, resolve_device, resolve_precision
+from .run import RunDir, atomic_write
+from .schedule import build_optimizer, set_epoch_lr
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (as Dassl's ``set_random_seed``)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Random batches of one epoch; the last partial batch is dropped when ``n >= batch_size``."""
+    order = torch.randperm(n, generator=gen)
+    if n < batch_size:
+        return [order]
+    return list(order[: (n // batch_size) * batch_size].split(batch_size))
+
+
+def environment(device: torch.device, precision: str) -> dict[str, Any]:
+    import open_clip
+
+    return {
+        "vlprompt": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+        "python": platform.python_version(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "precision": precision,
+    }
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hm(base: float, new: float) -> float:
+    """Harmonic mean of base and new accuracy (the papers' H)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+def default_protocol(task: Task) -> str:
+    if task.subsample in ("base", "new"):
+        return "base2new"
+    return "few-shot" if task.shots else "full"
+
+
+def fit(
+    model: PromptMethod,
+    task: Task,
+    config: TrainConfig | None = None,
+    run_dir: str | None = None,
+    protocol: str | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    evaluate_test: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``task.train`` and evaluate on ``task.test``.
+
+    Args:
+        model: a method from :func:`vlprompt.build_method`.
+        task: a loaded dataset (:func:`vlprompt.load_dataset`).
+        config: training options; keyword ``overrides`` build one if not given.
+        run_dir: write a run directory there (and resume from its checkpoint if present).
+        protocol: recorded in the results (default: derived from the task).
+        on_epoch_end: called as ``fn(epoch, metrics)`` after each epoch's checkpoint.
+        evaluate_test: evaluate on ``task.test`` at the end.
+
+    Returns:
+        A dict with the ``results.json`` keys (``acc`` in percent, ``train_seconds`` ...).
+
+    Example:
+        >>> res = vp.fit(model, task, epochs=10, lr=0.0035, batch_size=4)
+        >>> res["acc"]
+    """
+    cfg = config if config is not None else TrainConfig.from_kwargs(**overrides)
+    if config is not None and overrides:
+        cfg = TrainConfig.from_kwargs(**{**config_to_dict(config), **overrides})
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model.to(device)
+    run = RunDir(run_dir) if run_dir else None
+    cache = FeatureCache(model.backbone, precision, device, cfg.cache_dir, cfg.eval_batch_size, cfg.num_workers)
+    bb = model.backbone
+    info = {
+        "method": method_identity(model), "method_config": config_to_dict(model.config),
+        "train": config_to_dict(cfg), "dataset": task.name, "shots": task.shots, "seed": task.seed,
+        "subsample": task.subsample, "classnames": model.classnames,
+        "backbone": bb.name, "weights": bb.weights_id,
+    }
+    fingerprint = _fingerprint(info)
+    if not task.train and model.needs_training:
+        raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
+
+    metrics: list[dict[str, Any]] = []
+    start_epoch, prior_seconds = 0, 0.0
+    optimizer = None
+    scaler = None
+    state = None
+    if run is not None:
+        run.path.mkdir(parents=True, exist_ok=True)
+        state = run.load_checkpoint()
+        if state is not None and state.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{run.path} holds a checkpoint of a different configuration; "
+                "use a new run directory or delete the old one"
+            )
+        run.write_config({
+            **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
+                                "seed": task.seed, "subsample": task.subsample},
+            "backbone": {"name": bb.name, "weights_id": bb.weights_id,
+                         "weights": getattr(bb, "weights_path", None)},
+            "protocol": protocol or default_protocol(task), "fingerprint": fingerprint,
+        })
+        if task.shots:
+            _write_sample(run, task)
+        run.log(f"fit {info['method']} on {task.name} ({len(task.train)} train images), {device}, {precision}")
+
+    t0 = time.perf_counter()
+    fit_info: dict[str, Any] = {}
+    if hasattr(model, "fit_features"):
+        train = (cache.get(task.train, model.feature_transform), _labels(task.train))
+        val = (cache.get(task.val, "test"), _labels(task.val)) if task.val else None
+        fit_info = model.fit_features(train, val)
+        epochs = 0
+    elif not model.needs_training:
+        epochs = 0
+    else:
+        epochs = cfg.epochs
+        optimizer = build_optimizer(model.param_groups(cfg.lr), cfg)
+        if precision == "fp16" and device.type == "cuda":
+            scaler = torch.amp.GradScaler("cuda")
+        if state is not None:
+            model.load_prompt_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch, prior_seconds = int(state["epoch"]) + 1, float(state["train_seconds"])
+            metrics = run.read_metrics()[:start_epoch]
+            run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
+        _train_epochs(
+            model, task, cfg, cache, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
+            fingerprint, prior_seconds, t0, on_epoch_end,
+        )
+    train_seconds = prior_seconds + time.perf_counter() - t0
+
+    results: dict[str, Any] = {
+        "method": info["method"], "dataset": task.name, "protocol": protocol or default_protocol(task),
+        "backbone": bb.name, "weights": bb.weights_id, "shots": task.shots, "seed": task.seed,
+        "subsample": task.subsample, "num_classes": len(task.classnames),
+        "epochs": epochs, "feature_views": cfg.feature_views if model.uses_image_features else None,
+        "train_seconds": round(train_seconds, 3),
+        "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+        **{k: v for k, v in fit_info.items()},
+    }
+    if metrics:
+        results["final_loss"] = metrics[-1]["loss"]
+    if evaluate_test:
+        ev = evaluate_samples(model, task.test, cache, precision, device, cfg.eval_batch_size, cfg.num_workers)
+        results.update({"acc": ev["acc"], "n_test": ev["n"], "eval_seconds": round(ev["seconds"], 3)})
+        if task.subsample == "base":
+            results["base_acc"] = ev["acc"]
+    results["env"] = environment(device, precision)
+    if run is not None:
+        save_prompt(model, run.path / "prompt.safetensors")
+        run.write_metrics(metrics)
+        run.write_results(results)
+        run.log(f"done: acc={results.get('acc')} train_seconds={results['train_seconds']}")
+    return results
+
+
+def _write_sample(run: RunDir, task: Task) -> None:
+    """The few-shot sample of this run, paths relative to the dataset's image folder."""
+    image_dir = task.image_dir or task.root
+    data = {
+        "train": [relative_entry(s, image_dir) for s in task.train],
+        "val": [relative_entry(s, image_dir) for s in task.val],
+        "meta": {"dataset": task.name, "shots": task.shots, "seed": task.seed, "subsample": task.subsample,
+                 "classnames": task.classnames},
+    }
+    atomic_write(run.path / "split.json", json.dumps(data, indent=1) + "\n")
+
+
+def _labels(samples) -> torch.Tensor:
+    return torch.tensor([s.label for s in samples], dtype=torch.long)
+
+
+def _train_epochs(
+    model, task, cfg, cache, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
+    fingerprint, prior_seconds, t0, on_epoch_end,
+) -> None:
+    labels = _labels(task.train)
+    n = len(task.train)
+    cached = model.uses_image_features and cfg.feature_views > 0
+    if cached:
+        views = torch.stack(
+            [cache.get(task.train, "train", view=v, seed=cfg.seed) for v in range(cfg.feature_views)]
+        ).to(device)
+    else:
+        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size))
+    show = cfg.progress and sys.stderr.isatty()
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        lr = set_epoch_lr(optimizer, cfg, epoch)
+        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+        batches = _batches(n, cfg.batch_size, gen)
+        e0 = time.perf_counter()
+        if cached:
+            view_of = torch.randint(cfg.feature_views, (n,), generator=gen)
+            steps = (
+                {"features": views[view_of[b], b], "labels": labels[b].to(device)} for b in batches
+            )
+        else:
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)
+            loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=cfg.num_workers)
+            steps = ({"images": x.to(device), "labels": y.to(device)} for x, y, _ in loader)
+        if show:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        tot_loss, tot_acc, count = 0.0, 0.0, 0
+        for batch in steps:
+            with autocast(precision, device):
+                out = model.loss(batch)
+            loss = out["loss"]
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            tot_loss += float(loss.detach())
+            tot_acc += float(out.get("acc", 0.0))
+            count += 1
+        row = {
+            "epoch": epoch, "lr": lr, "loss": tot_loss / max(count, 1), "train_acc": 100 * tot_acc / max(count, 1),
+            "steps": count, "seconds": round(time.perf_counter() - e0, 3),
+        }
+        metrics.append(row)
+        if run is not None:
+            run.save_checkpoint({
+                "epoch": epoch, "fingerprint": fingerprint, "model": model.prompt_state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "train_seconds": prior_seconds + time.perf_counter() - t0,
+            })
+            run.write_metrics(metrics)
+            run.log(json.dumps(row))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)

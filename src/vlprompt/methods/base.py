@@ -1,0 +1,198 @@
+"""The method interface, the method registry, and config helpers.
+
+A method is one file: a frozen ``Config`` dataclass whose defaults are the paper's, and one
+:class:`PromptMethod` subclass that owns only its trainable parameters and calls the
+backbone seams. Register it with :func:`register_method`; plug-ins such as DePT compose by
+name (``"coop+dept"``) through :func:`build_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..errors import ConfigError
+
+
+class PromptMethod(nn.Module):
+    """Base class of all methods.
+
+    Subclasses define ``name``, ``Config`` and implement :meth:`text_features` (for
+    CLIP-style methods) or override :meth:`logits_from_features`.
+
+    Class attributes:
+        uses_image_features: ``True`` when the image tower is frozen and unprompted, so the
+            engine may feed cached image features (``batch["features"]``) instead of images.
+        needs_training: ``False`` for zero-shot methods (the engine skips the loop).
+        feature_transform: ``"train"`` (augmented views) or ``"test"`` (plain view, e.g.
+            the linear probe) for the cached training features.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    uses_image_features: ClassVar[bool] = True
+    needs_training: ClassVar[bool] = True
+    feature_transform: ClassVar[str] = "train"
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: Any) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.classnames = list(classnames)
+
+    # ------------------------------------------------------------------ interface
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Re-target the method to other class names; trained prompts are kept."""
+        self.classnames = list(classnames)
+
+    def text_features(self) -> torch.Tensor:
+        """L2-normalised class text features ``(n_cls, embed_dim)`` (with gradients in training)."""
+        raise NotImplementedError
+
+    def eval_text_features(self) -> torch.Tensor | None:
+        """Class text features computed once per evaluation (``None`` if the method has none)."""
+        return self.text_features()
+
+    def logits_from_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(B, n_cls)`` from raw image features ``(B, embed_dim)``.
+
+        ``text_features`` may be passed in (evaluation computes them once for all batches).
+        """
+        if text_features is None:
+            text_features = self.text_features()
+        img = F.normalize(image_features.float(), dim=-1)
+        return self.backbone.logit_scale * img @ text_features.float().t()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw image features of the (frozen, unprompted) image tower."""
+        return self.backbone.encode_image(images)
+
+    def image_features_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Image features of a batch: cached ``features`` if present, else from ``images``."""
+        if "features" in batch:
+            return batch["features"]
+        with torch.no_grad():
+            return self.encode_images(batch["images"])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_cls)`` for a batch of normalised images."""
+        return self.logits_from_features(self.encode_images(images))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training loss: cross-entropy of the logits. Returns a dict with key ``loss``."""
+        logits = self.logits_from_features(self.image_features_of(batch))
+        loss = F.cross_entropy(logits, batch["labels"])
+        return {"loss": loss, "acc": (logits.argmax(-1) == batch["labels"]).float().mean()}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimizer updates (never the backbone's)."""
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; plug-ins override to scale learning rates."""
+        return [{"params": self.trainable_parameters(), "lr": base_lr}]
+
+    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained state that :func:`vlprompt.save_prompt` writes (trainable params only)."""
+        names = {id(p) for p in self.trainable_parameters()}
+        return {n: p.detach() for n, p in self.named_parameters() if id(p) in names}
+
+    def load_prompt_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load tensors written by :meth:`prompt_state_dict` (shapes must match)."""
+        own = dict(self.named_parameters())
+        missing = [k for k in self.prompt_state_dict() if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if missing or unexpected:
+            raise ConfigError(
+                f"{self.name}: prompt file does not match the method: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                if own[k].shape != v.shape:
+                    raise ConfigError(
+                        f"{self.name}: prompt tensor {k} has shape {tuple(v.shape)}, "
+                        f"the method expects {tuple(own[k].shape)}"
+                    )
+                own[k].copy_(v)
+
+    def train(self, mode: bool = True) -> PromptMethod:
+        super().train(mode)
+        self.backbone.train(False)
+        return self
+
+
+# ---------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[PromptMethod]] = {}
+_PLUGINS: dict[str, Callable[..., PromptMethod]] = {}
+
+
+def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
+    """Class decorator: make a method available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def register_plugin(name: str, wrap: Callable[..., PromptMethod]) -> None:
+    """Register a plug-in: ``wrap(inner_method, **config) -> PromptMethod`` (e.g. ``dept``)."""
+    _PLUGINS[name] = wrap
+
+
+def list_methods() -> list[str]:
+    """Names of registered methods (plug-ins listed as ``+name``)."""
+    return sorted(_REGISTRY) + [f"+{p}" for p in sorted(_PLUGINS)]
+
+
+def get_method_class(name: str) -> type[PromptMethod]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def make_config(config_cls: type, overrides: dict[str, Any], where: str) -> Any:
+    """Build a frozen config dataclass from keyword overrides, with clear errors."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; valid options: {sorted(fields)}")
+    return config_cls(**overrides)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+def build_method(name: str, backbone: Backbone, classnames: list[str], **config: Any) -> PromptMethod:
+    """Build a method (or ``method+plugin``) by name.
+
+    Args:
+        name: registry name, e.g. ``"coop"``, ``"zeroshot"``, ``"coop+dept"``.
+        backbone: a loaded :class:`~vlprompt.backbones.base.Backbone`.
+        classnames: class names of the training task.
+        **config: fields of the method's ``Config`` (unknown fields are an error).
+
+    Example:
+        >>> model = build_method("coop", bb, ["cat", "dog"], n_ctx=4)
+    """
+    base, *plugins = name.split("+")
+    for p in plugins:
+        if p not in _PLUGINS:
+            raise ConfigError(f"unknown plug-in {p!r} in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
+    if not classnames:
+        raise ConfigError("build_method needs at least one class name")
+    cls = get_method_class(base)
+    model: PromptMethod = cls(backbone, classnames, make_config(cls.Config, config, base))
+    for p in plugins:
+        model = _PLUGINS[p](model)
+    model.method_id = name
+    return model

@@ -1,0 +1,117 @@
+"""Shared text-prompt machinery: frozen class-token buffers and context insertion.
+
+For every class the prompt ``"<placeholder words> <classname>."`` is tokenized and embedded
+once with the frozen token embedding. The learned context replaces the placeholder
+positions ``1..n_ctx``; the class-name tokens, the period, EOT and padding are kept as a
+frozen "suffix". Placeholders are ``X`` words for random init and the init phrase itself
+otherwise, so EOT positions are right. Moving the class name to the ``front`` or the
+``middle`` of the context is a single gather with a per-class index, not a loop.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..errors import ConfigError
+
+ClassPosition = Literal["end", "middle", "front"]
+
+
+def clean_classname(name: str) -> str:
+    """Class names as the reference code puts them into prompts (underscores → spaces)."""
+    return name.replace("_", " ")
+
+
+def phrase_length(backbone: Backbone, phrase: str) -> int:
+    """Number of BPE tokens of ``phrase`` (without SOS/EOT)."""
+    tok = backbone.tokenize([phrase])
+    return int(backbone.eot_index(tok)[0]) - 1
+
+
+def init_context(backbone: Backbone, n_ctx: int, init: str | None, std: float = 0.02) -> torch.Tensor:
+    """Initial context vectors ``(n_ctx, width)``: N(0, std²) or the embedding of ``init``.
+
+    With a phrase, ``n_ctx`` is the phrase's token count (as CoOp's word count for plain
+    English phrases such as "a photo of a").
+    """
+    if init:
+        tok = backbone.tokenize([init])
+        n = int(backbone.eot_index(tok)[0]) - 1
+        with torch.no_grad():
+            return backbone.embed(tok)[0, 1 : 1 + n].detach().float().cpu().clone()
+    if n_ctx < 1:
+        raise ConfigError(f"n_ctx must be >= 1 without an init phrase, got {n_ctx}")
+    return torch.randn(n_ctx, backbone.text_width) * std
+
+
+class ClassPrompts(nn.Module):
+    """Frozen per-class token buffers and the gather that assembles full prompts.
+
+    Buffers are non-persistent: they are rebuilt from class names, so trained context can
+    be loaded for other classes (base → new).
+    """
+
+    def __init__(
+        self, backbone: Backbone, classnames: list[str], n_ctx: int, placeholder: str | None,
+        position: ClassPosition = "end",
+    ) -> None:
+        super().__init__()
+        if position not in ("end", "middle", "front"):
+            raise ConfigError(f"class_token_position must be end, middle or front, got {position!r}")
+        self.n_ctx = n_ctx
+        self.position = position
+        self.build(backbone, classnames, placeholder)
+
+    def build(self, backbone: Backbone, classnames: list[str], placeholder: str | None) -> None:
+        prefix_words = placeholder if placeholder else " ".join(["X"] * self.n_ctx)
+        names = [clean_classname(c) for c in classnames]
+        tok = backbone.tokenize([f"{prefix_words} {n}." for n in names])
+        if int(backbone.eot_index(tok).max()) >= backbone.context_length - 1:
+            raise ConfigError(
+                f"prompt too long for the text context ({backbone.context_length} tokens); "
+                "use fewer context tokens or shorter class names"
+            )
+        name_lens = torch.tensor([phrase_length(backbone, n) for n in names])
+        with torch.no_grad():
+            emb = backbone.embed(tok).detach()
+        dev = emb.device
+        self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)
+        self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx :].clone(), persistent=False)
+        self.register_buffer("eot_idx", backbone.eot_index(tok).to(dev), persistent=False)
+        self.register_buffer("order", self._order(name_lens, tok.shape[1]).to(dev), persistent=False)
+
+    def _order(self, name_lens: torch.Tensor, length: int) -> torch.Tensor:
+        """Per-class source index of every output position, relative to the ``end`` layout."""
+        m = self.n_ctx
+        rows = []
+        for n in name_lens.tolist():
+            ctx = list(range(1, 1 + m))
+            name = list(range(1 + m, 1 + m + n))
+            rest = list(range(1 + m + n, length))
+            if self.position == "end":
+                seq = [0, *ctx, *name, *rest]
+            elif self.position == "front":
+                seq = [0, *name, *ctx, *rest]
+            else:
+                half = m // 2
+                seq = [0, *ctx[:half], *name, *ctx[half:], *rest]
+            rows.append(seq)
+        return torch.tensor(rows, dtype=torch.long)
+
+    def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Full embedding sequences ``(n_cls, L, width)`` with ``ctx`` inserted.
+
+        ``ctx`` is ``(n_ctx, width)`` (unified), ``(n_cls, n_ctx, width)`` (class-specific)
+        or ``(B, n_cls, n_ctx, width)``-flattened by the caller.
+        """
+        n_cls = self.token_prefix.shape[0]
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        x = torch.cat([self.token_prefix.to(ctx.dtype), ctx, self.token_suffix.to(ctx.dtype)], dim=1)
+        if self.position == "end":
+            return x
+        return torch.gather(x, 1, self.order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

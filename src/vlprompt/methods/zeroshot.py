@@ -1,0 +1,71 @@
+"""Zero-shot CLIP with the dataset's hand-crafted template (or a template ensemble)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Backbone
+from .base import PromptMethod, register_method
+from .prompting import clean_classname
+
+#: CoOp's "ZeroshotCLIP2" ensemble: 7 selected ImageNet templates (+ the dataset template).
+ENSEMBLE_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot options.
+
+    Attributes:
+        template: the hand-crafted template with ``{}`` for the class name (the dataset's).
+        ensemble: average normalised text features over the 7 selected ImageNet templates
+            plus ``template`` (CoOp's ZeroshotCLIP2), then renormalise.
+    """
+
+    template: str = "a photo of a {}."
+    ensemble: bool = False
+
+
+@register_method
+class ZeroShot(PromptMethod):
+    """Zero-shot CLIP: no training; logits = logit_scale · cos(f(x), g(template(class))).
+
+    Example:
+        >>> model = vp.build_method("zeroshot", bb, task.classnames, template=task.template)
+        >>> vp.evaluate(model, task.test)
+    """
+
+    name = "zeroshot"
+    Config = ZeroShotConfig
+    needs_training = False
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: ZeroShotConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        self.set_classnames(classnames)
+
+    def templates(self) -> list[str]:
+        if not self.config.ensemble:
+            return [self.config.template]
+        return [*ENSEMBLE_TEMPLATES, self.config.template]
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        names = [clean_classname(c) for c in classnames]
+        with torch.no_grad():
+            per_template = [self.backbone.encode_texts([t.format(n) for n in names]) for t in self.templates()]
+            feats = F.normalize(torch.stack(per_template).mean(0), dim=-1)
+        self.register_buffer("class_features", feats, persistent=False)
+
+    def text_features(self) -> torch.Tensor:
+        return self.class_features
