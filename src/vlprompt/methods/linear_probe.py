@@ -4,8 +4,9 @@ The regulariser strength ``C`` is chosen as in CoOp's ``lpclip``: a coarse grid
 ``1e6 … 1e-6`` scored on the few-shot validation set, then ``search_steps`` rounds of a
 log-space bisection around the best grid value. The objective is sklearn's
 ``0.5·||W||² + C·Σ_i CE_i`` (bias not penalised), minimised with full-batch L-BFGS in
-float64 (scaled by 1/(C·n) and stopped at max |gradient| < 1e-4, as sklearn does). Features are the raw (un-normalised) image features of the plain test view, as
-in the reference.
+float64 (scaled by 1/(C·n) and stopped at max |gradient| < 1e-4, as sklearn does).
+Features are the raw (un-normalised) image features of the plain test view, as in the
+reference.
 """
 
 from __future__ import annotations
