@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.images import ImageDataset
+from ..data.images import ImageDataset, check_readable
 from ..data.splitfile import relative_entry
 from ..data.task import Task
 from ..data.transforms import train_transform
@@ -131,19 +131,19 @@ def fit(
     if not task.train and model.needs_training:
         raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
 
-    metrics: list[dict[str, Any]] = []
-    start_epoch, prior_seconds = 0, 0.0
-    optimizer = None
-    scaler = None
-    state = None
+    state = run.load_checkpoint() if run is not None else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{run.path} holds a checkpoint of a different configuration; use a new run directory or delete the old one"
+        )
+
+    # Read every input before the first write, so bad data fails with nothing written.
+    t0 = time.perf_counter()
+    views = _prepare_inputs(model, task, cfg, cache, evaluate_test)
+    feature_seconds = time.perf_counter() - t0
+
     if run is not None:
         run.path.mkdir(parents=True, exist_ok=True)
-        state = run.load_checkpoint()
-        if state is not None and state.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{run.path} holds a checkpoint of a different configuration; "
-                "use a new run directory or delete the old one"
-            )
         run.write_config({
             **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
                                 "seed": task.seed, "subsample": task.subsample},
@@ -155,20 +155,18 @@ def fit(
             _write_sample(run, task)
         run.log(f"fit {info['method']} on {task.name} ({len(task.train)} train images), {device}, {precision}")
 
-    t0 = time.perf_counter()
+    metrics: list[dict[str, Any]] = []
+    start_epoch, prior_seconds = 0, 0.0
     fit_info: dict[str, Any] = {}
+    epochs = cfg.epochs if model.needs_training else 0
     if hasattr(model, "fit_features"):
         train = (cache.get(task.train, model.feature_transform), _labels(task.train))
         val = (cache.get(task.val, "test"), _labels(task.val)) if task.val else None
         fit_info = model.fit_features(train, val)
         epochs = 0
-    elif not model.needs_training:
-        epochs = 0
-    else:
-        epochs = cfg.epochs
+    elif epochs > 0:
         optimizer = build_optimizer(model.param_groups(cfg.lr), cfg)
-        if precision == "fp16" and device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
         if state is not None:
             model.load_prompt_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -178,7 +176,7 @@ def fit(
             metrics = run.read_metrics()[:start_epoch]
             run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         _train_epochs(
-            model, task, cfg, cache, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
+            model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
             fingerprint, prior_seconds, t0, on_epoch_end,
         )
     train_seconds = prior_seconds + time.perf_counter() - t0
@@ -188,7 +186,7 @@ def fit(
         "backbone": bb.name, "weights": bb.weights_id, "shots": task.shots, "seed": task.seed,
         "subsample": task.subsample, "num_classes": len(task.classnames),
         "epochs": epochs, "feature_views": cfg.feature_views if model.uses_image_features else None,
-        "train_seconds": round(train_seconds, 3),
+        "train_seconds": round(train_seconds, 3), "feature_seconds": round(feature_seconds, 3),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
         **{k: v for k, v in fit_info.items()},
     }
@@ -208,6 +206,30 @@ def fit(
     return results
 
 
+def _prepare_inputs(
+    model: PromptMethod, task: Task, cfg: TrainConfig, cache: FeatureCache, evaluate_test: bool
+) -> torch.Tensor | None:
+    """Extract (or read from the cache) every image feature the run needs; check images otherwise.
+
+    Returns the ``(N, n_train, D)`` cached training views, or ``None`` when training reads images.
+    """
+    views = None
+    if model.uses_image_features:
+        if hasattr(model, "fit_features"):
+            cache.get(task.train, model.feature_transform)
+            cache.get(task.val, "test")
+        elif model.needs_training and cfg.feature_views > 0 and cfg.epochs > 0:
+            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed)
+                                 for v in range(cfg.feature_views)])
+        elif model.needs_training and cfg.epochs > 0:
+            check_readable(task.train, "train")
+        if evaluate_test:
+            cache.get(task.test, "test")
+    else:
+        check_readable(task.train, "train")
+    return views
+
+
 def _write_sample(run: RunDir, task: Task) -> None:
     """The few-shot sample of this run, paths relative to the dataset's image folder."""
     image_dir = task.image_dir or task.root
@@ -225,16 +247,14 @@ def _labels(samples) -> torch.Tensor:
 
 
 def _train_epochs(
-    model, task, cfg, cache, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
+    model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
     fingerprint, prior_seconds, t0, on_epoch_end,
 ) -> None:
     labels = _labels(task.train)
     n = len(task.train)
-    cached = model.uses_image_features and cfg.feature_views > 0
+    cached = views is not None
     if cached:
-        views = torch.stack(
-            [cache.get(task.train, "train", view=v, seed=cfg.seed) for v in range(cfg.feature_views)]
-        ).to(device)
+        views = views.to(device)
     else:
         dataset = ImageDataset(task.train, train_transform(model.backbone.image_size))
     show = cfg.progress and sys.stderr.isatty()

@@ -1,0 +1,148 @@
+"""Method tests: CoOp against an independent open_clip computation, the method matrix, linear probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vlprompt as vp
+from vlprompt.errors import ConfigError
+from vlprompt.methods import list_methods
+from vlprompt.methods.linear_probe import C_GRID, fit_logistic_regression, search_c
+
+NAMES = ["red circle", "green_square", "blue triangle"]
+
+
+def _open_clip_text(bb, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """open_clip's own text transformer over all 77 positions (no vlprompt seam)."""
+    m = bb.model
+    x = m.transformer(embeds + m.positional_embedding, attn_mask=m.attn_mask)
+    x = m.ln_final(x)
+    return x[torch.arange(x.shape[0]), eot] @ m.text_projection
+
+
+def _hand_prompt(bb, ctx: torch.Tensor, name: str, position: str) -> tuple[torch.Tensor, int]:
+    """[SOS] + ctx + class tokens + '.' + EOT + padding, assembled by hand from token ids."""
+    tok = bb.tokenize([name.replace("_", " ") + "."])[0]
+    eot = int(tok.argmax())
+    with torch.no_grad():
+        emb = bb.model.token_embedding(tok)
+    sos, words, rest = emb[:1], emb[1:eot - 1], emb[eot - 1:]  # rest = '.', EOT, padding
+    m = ctx.shape[0]
+    if position == "end":
+        seq = [sos, ctx, words, rest]
+    elif position == "front":
+        seq = [sos, words, ctx, rest]
+    else:
+        seq = [sos, ctx[: m // 2], words, ctx[m // 2:], rest]
+    full = torch.cat(seq)[: bb.context_length]
+    return full, eot + m
+
+
+@pytest.mark.parametrize("position", ["end", "front", "middle"])
+def test_coop_logits_equal_independent_computation(tiny_bb, position):
+    torch.manual_seed(0)
+    model = vp.build_method("coop", tiny_bb, NAMES, n_ctx=4, class_token_position=position)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model(images)
+        rows, eots = zip(*[_hand_prompt(tiny_bb, model.ctx, n, position) for n in NAMES], strict=True)
+        text = _open_clip_text(tiny_bb, torch.stack(rows), torch.tensor(eots))
+        img = tiny_bb.model.encode_image(images)
+        ref = 100.0 * F.normalize(img, dim=-1) @ F.normalize(text, dim=-1).t()
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_coop_init_phrase_and_csc(tiny_bb):
+    model = vp.build_method("coop", tiny_bb, NAMES, ctx_init="a photo of a")
+    tok = tiny_bb.tokenize(["a photo of a"])
+    with torch.no_grad():
+        expected = tiny_bb.model.token_embedding(tok)[0, 1:5]
+    assert model.ctx.shape == (4, tiny_bb.text_width)
+    assert torch.equal(model.ctx.detach(), expected)
+    csc = vp.build_method("coop", tiny_bb, NAMES, n_ctx=2, csc=True)
+    assert csc.ctx.shape == (3, 2, tiny_bb.text_width)
+    assert csc.text_features().shape == (3, tiny_bb.embed_dim)
+    with pytest.raises(ConfigError, match="class-specific"):
+        csc.set_classnames(["a", "b"])
+
+
+def test_zeroshot_ensemble_is_mean_of_normalised_features(tiny_bb):
+    from vlprompt.methods.zeroshot import ENSEMBLE_TEMPLATES
+
+    model = vp.build_method("zeroshot", tiny_bb, NAMES, template="a photo of a {}.", ensemble=True)
+    names = [n.replace("_", " ") for n in NAMES]
+    with torch.no_grad():
+        per = [F.normalize(tiny_bb.model.encode_text(tiny_bb.tokenize([t.format(n) for n in names])), dim=-1)
+               for t in [*ENSEMBLE_TEMPLATES, "a photo of a {}."]]
+    ref = F.normalize(torch.stack(per).mean(0), dim=-1)
+    assert torch.allclose(model.text_features(), ref, atol=1e-5)
+
+
+def test_unknown_method_and_option(tiny_bb):
+    with pytest.raises(ConfigError, match="unknown method 'cop'"):
+        vp.build_method("cop", tiny_bb, NAMES)
+    with pytest.raises(ConfigError, match="n_ctxx"):
+        vp.build_method("coop", tiny_bb, NAMES, n_ctxx=4)
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if not n.startswith("+")])
+def test_method_matrix(name, tiny_bb, tmp_path):
+    """forward, backward, only trainable params get gradients, save → load → same logits, re-target."""
+    torch.manual_seed(0)
+    model = vp.build_method(name, tiny_bb, NAMES)
+    images = torch.randn(4, 3, 64, 64)
+    labels = torch.tensor([0, 1, 2, 0])
+    if name == "linear-probe":
+        feats = tiny_bb.encode_image(images).detach()
+        model.fit_features((feats, labels), (feats, labels))
+    logits = model(images)
+    assert logits.shape == (4, 3)
+    params = model.trainable_parameters()
+    if model.needs_training and not hasattr(model, "fit_features"):
+        out = model.loss({"images": images, "labels": labels})
+        out["loss"].backward()
+        assert params and all(p.grad is not None for p in params)
+        with torch.no_grad():  # move the prompt away from its init so the round trip means something
+            for p in params:
+                p.add_(0.01 * torch.randn_like(p))
+    assert all(p.grad is None for p in tiny_bb.parameters())
+    assert not any(n.startswith("backbone.") for n in model.prompt_state_dict())
+    before = model(images)
+    vp.save_prompt(model, tmp_path / "prompt.safetensors")
+    loaded = vp.load_prompt(tmp_path / "prompt.safetensors", tiny_bb)
+    assert torch.allclose(loaded(images), before, atol=1e-6)
+    new_names = ["purple cross", "yellow star"]
+    if name == "linear-probe":
+        with pytest.raises(ConfigError):
+            loaded.set_classnames(new_names)
+    else:
+        retargeted = vp.load_prompt(tmp_path / "prompt.safetensors", tiny_bb, classnames=new_names)
+        assert retargeted(images).shape == (4, 2)
+
+
+def test_logistic_regression_matches_sklearn():
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8))
+    y = rng.integers(0, 3, size=60)
+    for c in (0.01, 1.0):
+        w, b = fit_logistic_regression(torch.tensor(x), torch.tensor(y), 3, c, max_iter=1000)
+        ref = sklearn.LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(x, y)
+        assert np.allclose(w.numpy(), ref.coef_, atol=2e-3)
+        assert np.allclose(b.numpy(), ref.intercept_, atol=2e-3)
+
+
+def test_c_search_follows_grid_then_bisection():
+    torch.manual_seed(0)
+    x = torch.randn(40, 6)
+    y = torch.arange(40) % 4
+    best, trace = search_c((x, y), (x + 0.5 * torch.randn_like(x), y), 4, steps=2)
+    tried = [c for c, _ in trace]
+    assert tried[: len(C_GRID)] == list(C_GRID)
+    assert len(tried) == len(C_GRID) + 2 * 2
+    grid_best = C_GRID[max(range(len(C_GRID)), key=lambda i: trace[i][1])]
+    assert tried[len(C_GRID)] == pytest.approx(grid_best / 10) and tried[len(C_GRID) + 1] == pytest.approx(grid_best * 10)
+    assert best in [c for c, _ in trace]
