@@ -144,5 +144,6 @@ def test_c_search_follows_grid_then_bisection():
     assert tried[: len(C_GRID)] == list(C_GRID)
     assert len(tried) == len(C_GRID) + 2 * 2
     grid_best = C_GRID[max(range(len(C_GRID)), key=lambda i: trace[i][1])]
-    assert tried[len(C_GRID)] == pytest.approx(grid_best / 10) and tried[len(C_GRID) + 1] == pytest.approx(grid_best * 10)
+    assert tried[len(C_GRID)] == pytest.approx(grid_best / 10)
+    assert tried[len(C_GRID) + 1] == pytest.approx(grid_best * 10)
     assert best in [c for c, _ in trace]
