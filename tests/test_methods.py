@@ -70,15 +70,17 @@ def test_coop_init_phrase_and_csc(tiny_bb):
 
 
 def test_zeroshot_ensemble_is_mean_of_normalised_features(tiny_bb):
-    from vlprompt.methods.zeroshot import ENSEMBLE_TEMPLATES
+    from vlprompt.data import IMAGENET_SELECT_TEMPLATES
 
     model = vp.build_method("zeroshot", tiny_bb, NAMES, template="a photo of a {}.", ensemble=True)
     names = [n.replace("_", " ") for n in NAMES]
     with torch.no_grad():
         per = [F.normalize(tiny_bb.model.encode_text(tiny_bb.tokenize([t.format(n) for n in names])), dim=-1)
-               for t in [*ENSEMBLE_TEMPLATES, "a photo of a {}."]]
+               for t in [*IMAGENET_SELECT_TEMPLATES, "a photo of a {}."]]
     ref = F.normalize(torch.stack(per).mean(0), dim=-1)
     assert torch.allclose(model.text_features(), ref, atol=1e-5)
+    imagenet = vp.build_method("zeroshot", tiny_bb, NAMES, templates=IMAGENET_SELECT_TEMPLATES)
+    assert imagenet.templates() == list(IMAGENET_SELECT_TEMPLATES)
 
 
 def test_unknown_method_and_option(tiny_bb):

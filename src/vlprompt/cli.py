@@ -145,6 +145,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                            split_file=args.split_file)
     if base == "zeroshot" and "template" not in options:
         options["template"] = task.template
+        if options.get("ensemble") and "templates" not in options:
+            from .data import ensemble_templates
+
+            options["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = _load_backbone(args.backbone, args.weights, args.trust_checkpoint, args.device)
     vp.seed_everything(args.seed)
     model = vp.build_method(args.method, bb, task.classnames, **options)

@@ -8,19 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
+from ..data.templates import ensemble_templates
 from .base import PromptMethod, register_method
 from .prompting import clean_classname
-
-#: CoOp's "ZeroshotCLIP2" ensemble: 7 selected ImageNet templates (+ the dataset template).
-ENSEMBLE_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 
 
 @dataclass(frozen=True)
@@ -31,10 +21,14 @@ class ZeroShotConfig:
         template: the hand-crafted template with ``{}`` for the class name (the dataset's).
         ensemble: average normalised text features over the 7 selected ImageNet templates
             plus ``template`` (CoOp's ZeroshotCLIP2), then renormalise.
+        templates: an explicit template list to average instead (e.g.
+            ``vlprompt.data.ensemble_templates("imagenet")``: the 7 without the dataset's own,
+            as the reference does for ImageNet). Overrides ``template`` and ``ensemble``.
     """
 
     template: str = "a photo of a {}."
     ensemble: bool = False
+    templates: tuple[str, ...] = ()
 
 
 @register_method
@@ -55,9 +49,11 @@ class ZeroShot(PromptMethod):
         self.set_classnames(classnames)
 
     def templates(self) -> list[str]:
+        if self.config.templates:
+            return list(self.config.templates)
         if not self.config.ensemble:
             return [self.config.template]
-        return [*ENSEMBLE_TEMPLATES, self.config.template]
+        return ensemble_templates("", self.config.template)
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
