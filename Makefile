@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/vlprompt demo --out runs/demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 # pytest exits 5 when it collects no tests; make treats that as a failure.
 test: $(STAMP) lint
