@@ -35,9 +35,11 @@ def predict_logits(
             ImageDataset(samples, test_transform(model.backbone.image_size)),
             batch_size=batch_size, shuffle=False, num_workers=num_workers,
         )
+        with autocast(precision, device):
+            text = model.eval_text_features()
         for images, _, _ in loader:
             with autocast(precision, device):
-                out.append(model(images.to(device)).float().cpu())
+                out.append(model(images.to(device), text).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(model.classnames))
 
 

@@ -51,9 +51,13 @@ class PromptMethod(nn.Module):
         """Re-target the method to other class names; trained prompts are kept."""
         self.classnames = list(classnames)
 
-    def text_features(self) -> torch.Tensor:
-        """L2-normalised class text features ``(n_cls, embed_dim)`` (with gradients in training)."""
+    def raw_text_features(self) -> torch.Tensor:
+        """Class text features ``(n_cls, embed_dim)`` before normalisation (with gradients in training)."""
         raise NotImplementedError
+
+    def text_features(self) -> torch.Tensor:
+        """L2-normalised class text features ``(n_cls, embed_dim)``."""
+        return F.normalize(self.raw_text_features().float(), dim=-1)
 
     def eval_text_features(self) -> torch.Tensor | None:
         """Class text features computed once per evaluation (``None`` if the method has none)."""
@@ -82,19 +86,38 @@ class PromptMethod(nn.Module):
         with torch.no_grad():
             return self.encode_images(batch["images"])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, n_cls)`` for a batch of normalised images."""
-        return self.logits_from_features(self.encode_images(images))
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, n_cls)`` for a batch of normalised images.
+
+        ``text_features`` (from :meth:`eval_text_features`) lets evaluation encode the class
+        prompts once instead of once per batch.
+        """
+        return self.logits_from_features(self.encode_images(images), text_features)
+
+    def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Everything a training step computes, for the loss and for plug-ins (DePT).
+
+        Returns a dict with ``image`` (raw image features ``(B, D)``), ``text`` (raw class text
+        features ``(n_cls, D)``, or ``(B, n_cls, D)`` for image-conditioned prompts), ``logits``
+        (image-text matching logits ``(B, n_cls)``), ``ce`` (their cross-entropy) and ``loss``
+        (the method's full loss: ``ce`` plus its own regularisers, if any).
+        """
+        image = self.image_features_of(batch)
+        text = self.raw_text_features()
+        logits = self.logits_from_features(image, F.normalize(text.float(), dim=-1))
+        ce = F.cross_entropy(logits, batch["labels"])
+        return {"image": image, "text": text, "logits": logits, "ce": ce, "loss": ce}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training loss: cross-entropy of the logits. Returns a dict with key ``loss``."""
-        logits = self.logits_from_features(self.image_features_of(batch))
-        loss = F.cross_entropy(logits, batch["labels"])
-        return {"loss": loss, "acc": (logits.argmax(-1) == batch["labels"]).float().mean()}
+        """Training loss (key ``loss``) and batch accuracy (key ``acc``)."""
+        out = self.train_outputs(batch)
+        acc = (out["logits"].argmax(-1) == batch["labels"]).float().mean()
+        return {"loss": out["loss"], "acc": acc}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates (never the backbone's)."""
-        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        frozen = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; plug-ins override to scale learning rates."""

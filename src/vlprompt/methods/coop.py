@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
@@ -70,6 +69,5 @@ class CoOp(PromptMethod):
         """Assembled prompt embeddings ``(n_cls, L, width)``."""
         return self.prompts.assemble(self.ctx)
 
-    def text_features(self) -> torch.Tensor:
-        feats = self.backbone.encode_text(self.prompt_embeddings(), self.prompts.eot_idx)
-        return F.normalize(feats.float(), dim=-1)
+    def raw_text_features(self) -> torch.Tensor:
+        return self.backbone.encode_text(self.prompt_embeddings(), self.prompts.eot_idx)

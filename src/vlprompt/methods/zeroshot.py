@@ -63,5 +63,5 @@ class ZeroShot(PromptMethod):
             feats = F.normalize(torch.stack(per_template).mean(0), dim=-1)
         self.register_buffer("class_features", feats, persistent=False)
 
-    def text_features(self) -> torch.Tensor:
+    def raw_text_features(self) -> torch.Tensor:
         return self.class_features
