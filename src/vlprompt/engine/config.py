@@ -11,7 +11,7 @@ from ..errors import ConfigError
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 #: Default number of cached augmented views per training image (see docs/performance.md).
-DEFAULT_FEATURE_VIEWS = 4
+DEFAULT_FEATURE_VIEWS = 2
 
 
 @dataclass(frozen=True)
