@@ -14,6 +14,18 @@ from vlprompt.methods.linear_probe import C_GRID, fit_logistic_regression, searc
 
 NAMES = ["red circle", "green_square", "blue triangle"]
 
+#: Options that fit a method to tiny-clip (3 text / 4 vision layers); defaults otherwise.
+MATRIX_OPTIONS: dict[str, dict] = {"maple": {"prompt_depth": 2}}
+
+
+def matrix_names() -> list[str]:
+    """Every registered method, and every method with every plug-in that accepts it."""
+    from vlprompt.methods.base import _PLUGINS
+
+    bases = [n for n in list_methods() if not n.startswith("+")]
+    combos = [f"{b}+{p}" for p in _PLUGINS for b in bases if b not in ("zeroshot", "linear-probe")]
+    return bases + combos
+
 
 def _open_clip_text(bb, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
     """open_clip's own text transformer over all 77 positions (no vlprompt seam)."""
@@ -90,11 +102,11 @@ def test_unknown_method_and_option(tiny_bb):
         vp.build_method("coop", tiny_bb, NAMES, n_ctxx=4)
 
 
-@pytest.mark.parametrize("name", [n for n in list_methods() if not n.startswith("+")])
+@pytest.mark.parametrize("name", matrix_names())
 def test_method_matrix(name, tiny_bb, tmp_path):
     """forward, backward, only trainable params get gradients, save → load → same logits, re-target."""
     torch.manual_seed(0)
-    model = vp.build_method(name, tiny_bb, NAMES)
+    model = vp.build_method(name, tiny_bb, NAMES, **MATRIX_OPTIONS.get(name.split("+")[0], {}))
     images = torch.randn(4, 3, 64, 64)
     labels = torch.tensor([0, 1, 2, 0])
     if name == "linear-probe":
