@@ -35,8 +35,10 @@ def build_optimizer(param_groups: list[dict], cfg: TrainConfig) -> torch.optim.O
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> float:
-    """Set every group's learning rate for ``epoch``; returns the base value."""
+    """Set every group's learning rate for ``epoch`` (scaled groups keep their ``lr_scale``
+    after warm-up, e.g. DePT's head at ×6.5); returns the base value."""
     lr = lr_at_epoch(cfg, epoch)
+    warmup = epoch < cfg.warmup_epochs  # Dassl's constant warm-up sets every group to warmup_lr
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["lr"] = lr if warmup else lr * g.get("lr_scale", 1.0)
     return lr

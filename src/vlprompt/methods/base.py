@@ -167,7 +167,10 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
 
 
 def register_plugin(name: str, wrap: Callable[..., PromptMethod]) -> None:
-    """Register a plug-in: ``wrap(inner_method, **config) -> PromptMethod`` (e.g. ``dept``)."""
+    """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
+
+    The plug-in's options are named ``<name>_<field>`` so they never clash with a method's.
+    """
     _PLUGINS[name] = wrap
 
 
@@ -192,7 +195,10 @@ def make_config(config_cls: type, overrides: dict[str, Any], where: str) -> Any:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    """A plain dict of a config dataclass (or a copy of a dict config)."""
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(config) if isinstance(config, dict) else {}
 
 
 def build_method(name: str, backbone: Backbone, classnames: list[str], **config: Any) -> PromptMethod:
@@ -202,10 +208,12 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], **config:
         name: registry name, e.g. ``"coop"``, ``"zeroshot"``, ``"coop+dept"``.
         backbone: a loaded :class:`~vlprompt.backbones.base.Backbone`.
         classnames: class names of the training task.
-        **config: fields of the method's ``Config`` (unknown fields are an error).
+        **config: fields of the method's ``Config``; options of a plug-in carry its name as a
+            prefix (``dept_weight=0.7``). Unknown fields are an error.
 
     Example:
         >>> model = build_method("coop", bb, ["cat", "dog"], n_ctx=4)
+        >>> model = build_method("kgcoop+dept", bb, names, weight=2.0, dept_weight=0.7)
     """
     base, *plugins = name.split("+")
     for p in plugins:
@@ -213,9 +221,13 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], **config:
             raise ConfigError(f"unknown plug-in {p!r} in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
     if not classnames:
         raise ConfigError("build_method needs at least one class name")
+    plugin_opts = {p: {k: v for k, v in config.items() if k.startswith(f"{p}_")} for p in plugins}
+    taken = {k for opts in plugin_opts.values() for k in opts}
     cls = get_method_class(base)
-    model: PromptMethod = cls(backbone, classnames, make_config(cls.Config, config, base))
+    model: PromptMethod = cls(
+        backbone, classnames, make_config(cls.Config, {k: v for k, v in config.items() if k not in taken}, base)
+    )
     for p in plugins:
-        model = _PLUGINS[p](model)
+        model = _PLUGINS[p](model, **plugin_opts[p])
     model.method_id = name
     return model
