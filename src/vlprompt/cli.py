@@ -42,6 +42,20 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--feature-views", type=int, help="cached augmented views per image (0 = no cache)")
+    p.add_argument("--cache-dir")
+    p.add_argument("--num-workers", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlprompt", description="Prompt tuning of frozen vision-language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,19 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", help="a stored few-shot split (split.json) to use instead of sampling")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
-    _add_backbone_args(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
-    p.add_argument("--feature-views", type=int, help="cached augmented views per image (0 = no cache)")
-    p.add_argument("--cache-dir")
+    p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--num-workers", type=int)
+    _add_backbone_args(p)
+    _add_train_args(p)
+
+    for cmd, help_ in (("base2new", "train on base classes, evaluate base and new (B/N/H)"),
+                       ("few-shot", "all classes, several shot counts"),
+                       ("cross-dataset", "train on a source dataset, evaluate on target datasets"),
+                       ("domain-gen", "train on a source, evaluate on its shifted variants")):
+        p = sub.add_parser(cmd, help=help_)
+        p.add_argument("--method", required=True)
+        if cmd in ("base2new", "few-shot"):
+            p.add_argument("--datasets", nargs="+", required=True)
+        else:
+            p.add_argument("--source", required=True)
+            p.add_argument("--targets", nargs="+", required=cmd == "cross-dataset")
+        if cmd == "few-shot":
+            p.add_argument("--shots-list", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+        else:
+            p.add_argument("--shots", type=int, default=16)
+        p.add_argument("--root", required=True)
+        p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+        p.add_argument("--out", required=True)
+        p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--preset")
+        _add_backbone_args(p)
+        _add_train_args(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run, e.g. on the new classes (base → new)")
     p.add_argument("--run", required=True)
@@ -133,67 +161,78 @@ def _load_backbone(name: str, weights: str | None, trust: bool, device: str):
     return load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
 
 
+def _spec(args: argparse.Namespace, **overrides: Any):
+    from .protocols import RunSpec
+
+    fields = {
+        "method": args.method, "dataset": getattr(args, "dataset", "") or "", "root": args.root, "out": args.out,
+        "shots": getattr(args, "shots", None), "seed": getattr(args, "seed", 1),
+        "subsample": getattr(args, "subsample", "all"),
+        "backbone": args.backbone, "weights": args.weights, "trust_checkpoint": args.trust_checkpoint,
+        "preset": args.preset, "method_options": _parse_options(args.opt), "train_options": _train_options(args),
+        "split_file": getattr(args, "split_file", None), "device": args.device,
+    }
+    fields.update(overrides)
+    fields["train_options"].pop("seed", None)
+    fields["train_options"].pop("device", None)
+    return RunSpec(**fields)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    import vlprompt as vp
+    from .protocols import train_run
 
-    from .methods import get_method_class
-
-    options = _parse_options(args.opt)
-    base = args.method.split("+")[0]
-    get_method_class(base)  # unknown names fail before anything is loaded or written
-    task = vp.load_dataset(args.dataset, args.root, shots=args.shots, seed=args.seed, subsample=args.subsample,
-                           split_file=args.split_file)
-    if base == "zeroshot" and "template" not in options:
-        options["template"] = task.template
-        if options.get("ensemble") and "templates" not in options:
-            from .data import ensemble_templates
-
-            options["templates"] = tuple(ensemble_templates(task.name, task.template))
-    bb = _load_backbone(args.backbone, args.weights, args.trust_checkpoint, args.device)
-    vp.seed_everything(args.seed)
-    model = vp.build_method(args.method, bb, task.classnames, **options)
-    results = vp.fit(model, task, run_dir=args.out, **_train_options(args))
+    results = train_run(_spec(args), skip_done=False)
     print(json.dumps({k: v for k, v in results.items() if k != "env"}, indent=2))
 
 
 def _run_setup(run: Path, args: argparse.Namespace):
     from .engine.run import RunDir
+    from .protocols.runs import get_backbone
 
     cfg = RunDir(run).read_config()
     if not cfg:
         raise ConfigError(f"{run} is not a run directory (no config.yaml); train one with `vlprompt train`")
     bcfg = cfg["backbone"]
-    weights = args.weights or bcfg.get("weights")
-    bb = _load_backbone(bcfg["name"], weights, args.trust_checkpoint, args.device)
-    return cfg, bb
+    return cfg, get_backbone(bcfg["name"], args.weights or bcfg.get("weights"), args.trust_checkpoint, args.device)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    import vlprompt as vp
-
-    from .engine.run import RunDir
+    from .engine.run import RunDir, atomic_write
     from .engine.train import hm
+    from .protocols import evaluate_run
 
     run = RunDir(args.run)
-    cfg, bb = _run_setup(run.path, args)
+    cfg = run.read_config()
+    if not cfg:
+        raise ConfigError(f"{run.path} is not a run directory (no config.yaml); train one with `vlprompt train`")
     ds = cfg["dataset"]
-    name = args.dataset or ds["name"]
-    root = args.root or ds["root"]
+    name, root = args.dataset or ds["name"], args.root or ds["root"]
     subsample = args.subsample or ds["subsample"]
-    task = vp.load_dataset(name, root, subsample=subsample)
-    model = vp.load_prompt(run.path, bb, classnames=task.classnames)
-    acc = vp.evaluate(model, task.test, device=args.device, cache_dir=args.cache_dir)
-    out = {"dataset": name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}
-    from .engine.run import atomic_write
-
-    atomic_write(run.path / f"eval_{name}_{subsample}.json", json.dumps(out, indent=2) + "\n")
+    out = evaluate_run(run.path, name, root, subsample, cache_dir=args.cache_dir, weights=args.weights,
+                       trust_checkpoint=args.trust_checkpoint, device=args.device)
+    atomic_write(run.path / f"eval_{out['dataset']}_{subsample}.json", json.dumps(out, indent=2) + "\n")
     results = run.read_results()
-    if results is not None and name == ds["name"] and ds["subsample"] == "base" and subsample == "new":
-        results["new_acc"] = acc
-        results["hm"] = hm(results["base_acc"], acc)
+    if results is not None and out["dataset"] == ds["name"] and ds["subsample"] == "base" and subsample == "new":
+        results.update({"new_acc": out["acc"], "hm": hm(results["base_acc"], out["acc"])})
         run.write_results(results)
-        out.update({"base_acc": results["base_acc"], "new_acc": acc, "hm": results["hm"]})
+        out.update({"base_acc": results["base_acc"], "new_acc": out["acc"], "hm": results["hm"]})
     print(json.dumps(out, indent=2))
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    from . import protocols
+
+    seeds = args.seeds
+    cache = getattr(args, "cache_dir", None)
+    if args.command == "base2new":
+        summary = protocols.base2new(_spec(args), args.datasets, seeds, cache_dir=cache)
+    elif args.command == "few-shot":
+        summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
+    elif args.command == "cross-dataset":
+        summary = protocols.cross_dataset(_spec(args, dataset=args.source), args.targets, seeds, cache_dir=cache)
+    else:
+        summary = protocols.domain_gen(_spec(args, dataset=args.source), args.targets, seeds, cache_dir=cache)
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -251,7 +290,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
-    "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo,
+    "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
+    "few-shot": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
 }
 
 

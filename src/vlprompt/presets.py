@@ -1,0 +1,75 @@
+"""Named configurations of the papers (reference/clip_methods.md §2.2), selectable with ``--preset``.
+
+A preset gives method options and training options; explicit options override it. ``paper`` is
+each method's original base-to-new / few-shot configuration, ``dept`` the 10-epoch re-run that
+DePT's paper uses for every baseline (and for ``<method>+dept``), ``paper-xd`` MaPLe's
+cross-dataset / domain-generalisation configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+
+Preset = dict[str, dict[str, Any]]
+
+_DEPT_TRAIN = {"epochs": 10, "batch_size": 4, "lr": 0.0035}
+
+PRESETS: dict[str, dict[str, Preset]] = {
+    "coop": {
+        # CoOp few-shot paper (RN50 main): M=16 random, batch 32, lr 0.002; epochs by shots (see coop_epochs)
+        "paper": {"method": {"n_ctx": 16, "ctx_init": ""}, "train": {"batch_size": 32, "lr": 0.002}},
+        # CoOp as re-run in CoCoOp's base-to-new table: "a photo of a", 200 epochs (ImageNet 50)
+        "cocoop-b2n": {"method": {"ctx_init": "a photo of a"},
+                       "train": {"epochs": 200, "batch_size": 32, "lr": 0.002}},
+        "dept": {"method": {"n_ctx": 16, "ctx_init": ""}, "train": dict(_DEPT_TRAIN)},
+    },
+    "cocoop": {
+        "paper": {"method": {"n_ctx": 4, "ctx_init": "a photo of a"},
+                  "train": {"epochs": 10, "batch_size": 1, "lr": 0.002}},
+        "dept": {"method": {"n_ctx": 4, "ctx_init": "a photo of a"},
+                 "train": {"epochs": 10, "batch_size": 1, "lr": 0.002}},
+    },
+    "kgcoop": {
+        "paper": {"method": {"n_ctx": 4, "ctx_init": "a photo of a", "weight": 8.0},
+                  "train": {"epochs": 100, "batch_size": 128, "lr": 0.002}},
+        "dept": {"method": {"n_ctx": 4, "ctx_init": "a photo of a", "weight": 2.0}, "train": dict(_DEPT_TRAIN)},
+    },
+    "maple": {
+        "paper": {"method": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9},
+                  "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}},
+        "paper-xd": {"method": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 3},
+                     "train": {"epochs": 2, "batch_size": 4, "lr": 0.0026}},
+        "dept": {"method": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}, "train": dict(_DEPT_TRAIN)},
+    },
+}
+
+
+def coop_epochs(shots: int | None, dataset: str) -> int:
+    """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""
+    if dataset == "imagenet":
+        return 50
+    if shots is None or shots >= 8:
+        return 200
+    return 50 if shots == 1 else 100
+
+
+def resolve_preset(method: str, preset: str | None, shots: int | None = None, dataset: str = "") -> Preset:
+    """Method and training options of ``preset`` for ``method`` (plug-ins share the base's).
+
+    Example:
+        >>> resolve_preset("kgcoop+dept", "dept")["method"]["weight"]
+        2.0
+    """
+    if not preset:
+        return {"method": {}, "train": {}}
+    base = method.split("+")[0]
+    table = PRESETS.get(base, {})
+    if preset not in table:
+        known = {m: sorted(p) for m, p in PRESETS.items()}
+        raise ConfigError(f"no preset {preset!r} for method {base!r}; presets: {known}")
+    chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
+    if base == "coop" and preset == "paper":
+        chosen["train"]["epochs"] = coop_epochs(shots, dataset)
+    return chosen

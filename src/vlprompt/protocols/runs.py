@@ -1,0 +1,113 @@
+"""One training run and one re-targeted evaluation, as used by every protocol and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backbones import load_backbone
+from ..backbones.base import Backbone
+from ..data import ensemble_templates, load_dataset
+from ..engine.run import RunDir
+from ..engine.train import fit, seed_everything
+from ..methods import build_method, get_method_class
+from ..presets import resolve_preset
+from ..prompt_io import load_prompt
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run.
+
+    Attributes:
+        method: method name, plug-ins included (``"coop+dept"``).
+        dataset, root: dataset registry name and data root.
+        shots, seed, subsample: few-shot sample and class subset (``all``/``base``/``new``).
+        out: run directory.
+        backbone, weights, trust_checkpoint: the backbone to load.
+        preset: a named paper configuration (:mod:`vlprompt.presets`); explicit options win.
+        method_options, train_options: explicit options.
+        split_file: a stored few-shot sample to use instead of sampling.
+    """
+
+    method: str
+    dataset: str
+    root: str
+    out: str
+    shots: int | None = 16
+    seed: int = 1
+    subsample: str = "all"
+    backbone: str = "tiny-clip"
+    weights: str | None = None
+    trust_checkpoint: bool = False
+    preset: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+    split_file: str | None = None
+    device: str = "auto"
+
+
+_BACKBONES: dict[tuple, Backbone] = {}
+
+
+def get_backbone(name: str, weights: str | None, trust: bool, device: str) -> Backbone:
+    """Load a backbone once per process (protocols train many runs on the same one)."""
+    from ..engine.precision import resolve_device
+
+    key = (name, weights, trust, device)
+    if key not in _BACKBONES:
+        _BACKBONES.clear()
+        _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
+    return _BACKBONES[key]
+
+
+def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
+    """Train (or resume) one run; a run whose ``results.json`` exists is returned as is.
+
+    Example:
+        >>> train_run(RunSpec("coop", "eurosat", "~/data", out="runs/x", subsample="base"))["acc"]
+    """
+    run = RunDir(spec.out)
+    done = run.read_results()
+    if skip_done and done is not None and "acc" in done:
+        return done
+    base = spec.method.split("+")[0]
+    get_method_class(base)  # unknown names fail before anything is loaded or written
+    preset = resolve_preset(spec.method, spec.preset, spec.shots, spec.dataset)
+    method_opts = {**preset["method"], **spec.method_options}
+    train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
+    task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
+                        split_file=spec.split_file)
+    fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}
+    if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
+        method_opts.setdefault("template", task.template)
+    if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
+        method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
+    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    seed_everything(spec.seed)
+    model = build_method(spec.method, bb, task.classnames, **method_opts)
+    train_opts.setdefault("device", spec.device)
+    return fit(model, task, run_dir=spec.out, **train_opts)
+
+
+def evaluate_run(
+    run_dir: str | Path, dataset: str, root: str, subsample: str = "all", cache_dir: str | None = None,
+    weights: str | None = None, trust_checkpoint: bool = False, device: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a trained run on (another subset of / another) dataset with re-targeted prompts."""
+    from ..api import evaluate
+
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    if not cfg:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{run.path} is not a run directory (no config.yaml); train one with `vlprompt train`")
+    bcfg = cfg["backbone"]
+    bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
+    task = load_dataset(dataset, root, subsample=subsample)
+    model = load_prompt(run.path, bb, classnames=task.classnames)
+    acc = evaluate(model, task.test, device=device, cache_dir=cache_dir)
+    return {"dataset": task.name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}

@@ -1,0 +1,73 @@
+"""Protocols and presets: summaries against hand-computed numbers, end-to-end runs on generated data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlprompt.data import make_image_folder
+from vlprompt.engine.run import RunDir
+from vlprompt.errors import ConfigError
+from vlprompt.presets import coop_epochs, resolve_preset
+from vlprompt.protocols import RunSpec, base2new, cross_dataset, few_shot
+from vlprompt.protocols.tables import summarize_base2new
+
+
+def test_base2new_average_is_hm_of_averages():
+    rows = [
+        {"dataset": "a", "seed": 1, "base_acc": 80.0, "new_acc": 60.0},
+        {"dataset": "a", "seed": 2, "base_acc": 90.0, "new_acc": 70.0},
+        {"dataset": "b", "seed": 1, "base_acc": 50.0, "new_acc": 100.0},
+    ]
+    s = summarize_base2new(rows)
+    a, b = s["rows"]
+    assert (a["base_acc"], a["new_acc"]) == (85.0, 65.0)
+    assert a["hm"] == pytest.approx(2 * 85 * 65 / 150)
+    assert s["average"]["base_acc"] == 67.5 and s["average"]["new_acc"] == 82.5
+    assert s["average"]["hm"] == pytest.approx(2 * 67.5 * 82.5 / 150)  # not the mean of per-dataset H
+
+
+def test_presets():
+    assert resolve_preset("kgcoop+dept", "dept")["method"]["weight"] == 2.0
+    assert resolve_preset("kgcoop", "paper")["method"]["weight"] == 8.0
+    assert resolve_preset("coop", "dept")["train"] == {"epochs": 10, "batch_size": 4, "lr": 0.0035}
+    assert resolve_preset("coop", "paper", shots=1, dataset="eurosat")["train"]["epochs"] == 50
+    assert [coop_epochs(k, "dtd") for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
+    assert coop_epochs(16, "imagenet") == 50
+    assert resolve_preset("maple", "paper")["method"]["prompt_depth"] == 9
+    with pytest.raises(ConfigError, match="no preset"):
+        resolve_preset("coop", "papr")
+
+
+def _spec(root, out, cache_dir, **kw):
+    train = {"epochs": 1, "batch_size": 4, "cache_dir": cache_dir}
+    return RunSpec("coop", "imagefolder", str(root), out=str(out), shots=2, method_options={"n_ctx": 2},
+                   train_options=train, **kw)
+
+
+def test_base2new_protocol_writes_tables_and_skips_done_runs(shapes_root, cache_dir, tmp_path):
+    spec = _spec(shapes_root, tmp_path / "b2n", cache_dir, preset="dept")
+    s = base2new(spec, ["imagefolder"], seeds=[1])
+    res = RunDir(tmp_path / "b2n" / "imagefolder" / "seed1").read_results()
+    assert res["new_acc"] == s["rows"][0]["new_acc"] and res["base_acc"] == s["rows"][0]["base_acc"]
+    config = RunDir(tmp_path / "b2n" / "imagefolder" / "seed1").read_config()
+    assert config["train"]["lr"] == 0.0035 and config["train"]["epochs"] == 1  # preset, then explicit option
+    assert (tmp_path / "b2n" / "base2new.md").read_text().count("|") > 10
+    mtime = (tmp_path / "b2n" / "imagefolder" / "seed1" / "prompt.safetensors").stat().st_mtime_ns
+    again = base2new(spec, ["imagefolder"], seeds=[1])
+    assert again["average"] == s["average"]
+    assert (tmp_path / "b2n" / "imagefolder" / "seed1" / "prompt.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_cross_dataset_and_few_shot(shapes_root, cache_dir, tmp_path):
+    other = tmp_path / "other"
+    make_image_folder(other, classes=("red circle", "green square"), n_train=2, n_val=1, n_test=3, size=32, seed=5)
+    s = cross_dataset(_spec(shapes_root, tmp_path / "xd", cache_dir), [f"imagefolder@{other}"], seeds=[1])
+    names = [r["dataset"] for r in s["rows"]]
+    assert names == ["imagefolder (source)", "imagefolder"]
+    assert s["average"]["acc"] == s["rows"][1]["acc"]
+    fs = few_shot(_spec(shapes_root, tmp_path / "fs", cache_dir), ["imagefolder"], shots=[1, 2], seeds=[1])
+    assert set(fs["rows"][0]) == {"dataset", "1-shot", "2-shot"}
+    data = json.loads((tmp_path / "fs" / "few_shot.json").read_text())
+    assert len(data["runs"]) == 2
