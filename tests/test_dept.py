@@ -52,6 +52,13 @@ def test_loss_equals_formula(tiny_bb):
         assert torch.allclose(new, tiny_bb.logit_scale * F.normalize(feats, dim=-1) @ ref_text.t(), atol=1e-4)
     with pytest.raises(ConfigError):
         model.train_outputs({"features": feats, "labels": y})
+    # a subset of the training classes (ImageNet-A/-R of ImageNet) keeps the head, rows sliced
+    with torch.no_grad():
+        model.set_classnames([NAMES[2], NAMES[0]])
+        sub = model.logits_from_features(feats)
+        sub_text = F.normalize(model.inner.raw_text_features(), dim=-1)
+        sub_itm = tiny_bb.logit_scale * F.normalize(feats, dim=-1) @ sub_text.t()
+        assert torch.allclose(sub, 0.3 * sub_itm + 0.7 * z_img[:, [2, 0]], atol=1e-4)
 
 
 def test_wrapped_regulariser_is_kept(tiny_bb):

@@ -11,7 +11,8 @@ Channel-Adjusted Transfer (CAT) head used for the base (training) classes only:
 * the head and FiLM train at ``lr × 6.5``;
 * at test time on the base classes: ``(1 − λ)·s_itm + λ·z_img`` (logit fusion: the reference code),
   or ``λ·softmax(z_img) + (1 − λ)·softmax(s_itm)`` (probability fusion: the paper), or the CAT head
-  alone; on any other class set the ITM head alone.
+  alone; on a subset of the training classes (ImageNet-A/-R of an ImageNet prompt) with the
+  head's rows for those classes; on any other class set the ITM head alone.
 
 DePT knows nothing of the method it wraps beyond :meth:`PromptMethod.train_outputs`,
 ``eval_text_features`` / ``logits_from_features`` / ``encode_images`` and ``set_classnames``.
@@ -105,9 +106,18 @@ class DePT(PromptMethod):
 
     # ---------------------------------------------------------------- class sets
     @property
+    def head_rows(self) -> list[int] | None:
+        """Rows of the CAT head for the current classes: all of them are training classes
+        (the training set itself, or a subset such as ImageNet-A/-R of ImageNet), else ``None``."""
+        index = {c: i for i, c in enumerate(self.base_classnames)}
+        if not all(c in index for c in self.classnames):
+            return None
+        return [index[c] for c in self.classnames]
+
+    @property
     def head_active(self) -> bool:
-        """The CAT head applies only to the class set it was trained on."""
-        return self.classnames == self.base_classnames
+        """The CAT head applies to the classes it was trained on (or a subset of them)."""
+        return self.head_rows is not None
 
     def set_classnames(self, classnames: list[str]) -> None:
         self.inner.set_classnames(classnames)
@@ -118,7 +128,7 @@ class DePT(PromptMethod):
         return self.head(film(features))
 
     def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.head_active:
+        if self.classnames != self.base_classnames:
             raise ConfigError("DePT trains on the class set it was built for; rebuild it for other classes")
         out = self.inner.train_outputs(batch)
         y = batch["labels"]
@@ -150,9 +160,12 @@ class DePT(PromptMethod):
         self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
     ) -> torch.Tensor:
         itm = self.inner.logits_from_features(image_features, text_features)
-        if not self.head_active:
+        rows = self.head_rows
+        if rows is None:
             return itm
         cat = self.cat_logits(image_features, self.film_img).float()
+        if rows != list(range(len(self.base_classnames))):
+            cat = cat[:, rows]
         return fuse_logits(itm.float(), cat, self.dept.dept_weight, self.dept.dept_fusion)
 
 
