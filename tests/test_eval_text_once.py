@@ -1,0 +1,40 @@
+"""Evaluation encodes the class prompts once per evaluation, not once per test batch (all but CoCoOp)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlprompt as vp
+from vlprompt.engine.evaluate import evaluate_samples
+from vlprompt.engine.features import FeatureCache
+from vlprompt.methods import list_methods
+
+# image-conditioned prompts must re-encode per image; no-prompt methods never encode at test time
+PER_IMAGE = {"cocoop"}
+NO_TEXT = {"zeroshot", "linear-probe"}
+OPTIONS = {"maple": {"prompt_depth": 2}}
+
+
+def _names() -> list[str]:
+    bases = [n for n in list_methods() if not n.startswith("+") and n not in PER_IMAGE | NO_TEXT]
+    return bases + [f"{b}+dept" for b in bases]
+
+
+@pytest.mark.parametrize("name", _names())
+def test_text_tower_runs_once_per_evaluation(name, tiny_bb, shapes_root, cache_dir, monkeypatch):
+    task = vp.load_dataset("imagefolder", shapes_root)
+    model = vp.build_method(name, tiny_bb, task.classnames, **OPTIONS.get(name.split("+")[0], {}))
+    calls = []
+    original = tiny_bb.encode_text
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_bb, "encode_text", counting)
+    cache = FeatureCache(tiny_bb, "fp32", torch.device("cpu"), cache_dir)
+    samples = task.test[:12]
+    res = evaluate_samples(model, samples, cache, "fp32", torch.device("cpu"), batch_size=4)
+    assert res["n"] == 12
+    assert calls == [len(task.classnames)]  # one forward over the class prompts, 3 test batches
