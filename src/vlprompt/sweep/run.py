@@ -1,0 +1,304 @@
+"""Run a sweep: skip complete runs, execute the rest on local worker processes or a Ray cluster.
+
+Each run writes its own run directory ``<out>/<id>``; a failing run leaves ``<out>/<id>/error.txt``
+and is listed under ``failures`` in ``<out>/sweep_status.json``; the other runs go on. Restarting a
+killed sweep submits only the runs whose ``results.json`` is not complete (interrupted runs resume
+from their checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..engine.run import RunDir, atomic_write
+from ..errors import ConfigError, VlpromptError
+from .progress import Progress
+from .spec import Sweep, SweepRun, load_sweep
+
+STATUS_FILE = "sweep_status.json"
+
+
+def is_complete(run: SweepRun) -> bool:
+    """True when ``results.json`` holds the run's final numbers (``new_acc``/``hm`` too for base2new)."""
+    try:
+        res = RunDir(run.out).read_results()
+    except (OSError, ValueError):
+        return False
+    if not res or "acc" not in res or res.get("sweep", {}).get("id") != run.id:
+        return False
+    return run.protocol != "base2new" or ("new_acc" in res and "hm" in res)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # pragma: no cover
+        return 0
+
+
+# ----------------------------------------------------------------------------- one run (in a worker)
+def execute(run: SweepRun) -> dict[str, Any]:
+    """Train (or resume) one run and, for base2new, evaluate its new classes; never raises.
+
+    Returns ``{"id", "status": "done" | "failed", "seconds", "error"?}``; failures write ``error.txt``.
+    """
+    from ..engine.train import hm
+    from ..protocols.runs import RunSpec, evaluate_run, train_run
+
+    t0 = time.time()
+    rd = RunDir(run.out)
+    err = rd.path / "error.txt"
+    try:
+        b2n = run.protocol == "base2new"
+        spec = RunSpec(
+            method=run.method, dataset=run.dataset, root=run.root, out=run.out, shots=run.shots, seed=run.seed,
+            subsample="base" if b2n else "all", backbone=run.backbone, weights=run.weights,
+            trust_checkpoint=run.trust_checkpoint, preset=run.preset, method_options=dict(run.method_options),
+            train_options=dict(run.train_options), device=run.device,
+        )
+        res = train_run(spec)
+        if b2n and "new_acc" not in res:
+            new = evaluate_run(run.out, run.dataset, run.root, "new",
+                               cache_dir=run.train_options.get("cache_dir", run.cache_dir), weights=run.weights,
+                               trust_checkpoint=run.trust_checkpoint, device=run.device)
+            res = {**res, "new_acc": new["acc"], "hm": hm(res["base_acc"], new["acc"])}
+        res = {**res, "sweep": {"id": run.id, "protocol": run.protocol, "dataset": run.dataset_label,
+                                "preset": run.preset, "method_options": run.method_options,
+                                "train_options": {k: v for k, v in run.train_options.items() if k != "cache_dir"}}}
+        rd.write_results(res)
+        err.unlink(missing_ok=True)
+        return {"id": run.id, "status": "done", "seconds": time.time() - t0}
+    except Exception as e:  # recorded, never propagated: one bad run must not stop the sweep
+        msg = f"{type(e).__name__}: {e}"
+        try:
+            atomic_write(err, f"run {run.id}\n{msg}\n\n{traceback.format_exc()}")
+        except OSError:
+            pass
+        return {"id": run.id, "status": "failed", "seconds": time.time() - t0, "error": msg}
+
+
+# ----------------------------------------------------------------------------- local executor
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int, counter: Any, n_gpus: int) -> None:
+    """Pool initializer: pin one GPU per worker (round robin) and size torch's thread pool."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if n_gpus > 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["index"] = index
+
+
+def run_local(runs: list[SweepRun], workers: int, on_start: Callable[[str], None],
+              on_done: Callable[[dict[str, Any]], None], threads: int | None = None) -> None:
+    """Execute ``runs`` on ``workers`` spawned processes (one GPU each when GPUs exist)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    if not runs:
+        return
+    workers = max(1, min(workers, len(runs)))
+    ctx = mp.get_context("spawn")
+    n_threads = threads or max(1, cpu_count() // workers)
+    counter = ctx.Value("i", 0)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(n_threads, counter, gpu_count()))
+    queue = list(runs)
+    pending: dict[Future, SweepRun] = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:  # submit as slots free up: 'running' is exact
+                run = queue.pop(0)
+                pending[pool.submit(execute, run)] = run
+                on_start(run.id)
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                run = pending.pop(fut)
+                try:
+                    on_done(fut.result())
+                except Exception as e:  # a worker process died (OOM killer, segfault ...)
+                    msg = f"worker failed: {type(e).__name__}: {e}"
+                    atomic_write(Path(run.out) / "error.txt", f"run {run.id}\n{msg}\n")
+                    on_done({"id": run.id, "status": "failed", "seconds": 0.0, "error": msg})
+    finally:
+        pool.shutdown(wait=not (queue or pending), cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- ray executor
+def _package_path() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def run_ray(runs: list[SweepRun], address: str | None, on_start: Callable[[str], None],
+            on_done: Callable[[dict[str, Any]], None], cpus_per_run: float = 1.0, gpus_per_run: float | None = None,
+            ) -> None:
+    """Submit each run as one Ray task to the cluster at ``address`` (``ray start --head`` ...).
+
+    Result files are written by the tasks themselves, so ``out`` must be on a file system all
+    nodes share. ``gpus_per_run`` defaults to 1 when the cluster has GPUs, else 0.
+    """
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("the ray executor needs Ray: pip install 'vlprompt[ray]'") from e
+    if not runs:
+        return
+    pythonpath = os.pathsep.join(p for p in (_package_path(), os.environ.get("PYTHONPATH")) if p)
+    ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        if gpus_per_run is None:
+            gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        threads = max(1, int(cpus_per_run))
+
+        def task(run: SweepRun) -> dict[str, Any]:
+            import torch
+
+            torch.set_num_threads(threads)
+            return execute(run)
+
+        remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(task)
+        pending = {}
+        for run in runs:
+            pending[remote.remote(run)] = run
+            on_start(run.id)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                run = pending.pop(ref)
+                try:
+                    on_done(ray.get(ref))
+                except Exception as e:  # the task's worker died
+                    msg = f"ray task failed: {type(e).__name__}: {e}"
+                    atomic_write(Path(run.out) / "error.txt", f"run {run.id}\n{msg}\n")
+                    on_done({"id": run.id, "status": "failed", "seconds": 0.0, "error": msg})
+    finally:
+        ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- the sweep
+def _write_status(sweep: Sweep, runs: list[SweepRun], done: set[str], failures: dict[str, str],
+                  running: Iterable[str], finished: bool) -> None:
+    status = {
+        "sweep": sweep.name, "out": str(sweep.out), "total": len(runs), "done": len(done),
+        "running": sorted(running), "failed": len(failures),
+        "remaining": len(runs) - len(done) - len(failures), "finished": finished,
+        "failures": [{"id": k, "error": v, "error_file": str(Path(sweep.out) / k / "error.txt")}
+                     for k, v in sorted(failures.items())],
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write(Path(sweep.out) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+
+
+def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None, address: str | None = None,
+              cpus_per_run: float = 1.0, gpus_per_run: float | None = None, progress: Progress | None = None,
+              ) -> dict[str, Any]:
+    """Expand ``sweep``, skip its complete runs and execute the others; returns the final status.
+
+    Example:
+        >>> status = run_sweep(load_sweep("sweep.yaml"), executor="local", workers=2)
+        >>> status["failures"]
+        []
+    """
+    runs = sweep.expand()
+    out = Path(sweep.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "sweep_runs.json", json.dumps([asdict(r) for r in runs], indent=2, default=str) + "\n")
+    done = {r.id for r in runs if is_complete(r)}
+    todo = [r for r in runs if r.id not in done]
+    failures: dict[str, str] = {}
+    running: set[str] = set()
+    prog = progress or Progress(total=len(runs), already_done=len(done))
+
+    def on_start(rid: str) -> None:
+        running.add(rid)
+        prog.start(rid)
+        _write_status(sweep, runs, done, failures, running, False)
+
+    def on_done(result: dict[str, Any]) -> None:
+        rid = result["id"]
+        running.discard(rid)
+        if result["status"] == "done":
+            done.add(rid)
+        else:
+            failures[rid] = result.get("error", "unknown error")
+        prog.finish(rid, result["status"] == "done", result.get("error"))
+        _write_status(sweep, runs, done, failures, running, False)
+
+    _write_status(sweep, runs, done, failures, running, False)
+    try:
+        if executor == "local":
+            if workers is None:
+                workers = gpu_count() or 1
+            run_local(todo, workers, on_start, on_done)
+        elif executor == "ray":
+            run_ray(todo, address, on_start, on_done, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+        else:
+            raise ConfigError(f"executor {executor!r}; expected local or ray")
+    finally:
+        prog.close()
+    _write_status(sweep, runs, done, failures, (), True)
+    return json.loads((out / STATUS_FILE).read_text())
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlprompt sweep", description="Run a declared grid of runs (resumable).")
+    p.add_argument("sweep", help="sweep YAML file (see docs/sweeps.md)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, else 1)")
+    p.add_argument("--address", help="Ray cluster address (default: auto = the cluster started on this machine)")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs requested per run")
+    p.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default: 1 if the cluster has GPUs)")
+    p.add_argument("--out", help="output root (replaces the file's 'out')")
+    p.add_argument("--data-root", help="data root (replaces the file's 'data_root')")
+    p.add_argument("--weights", help="backbone weights (replaces the file's 'weights')")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
+    return p
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """``vlprompt sweep SWEEP.yaml [--executor local|ray] [--workers N]``; exit 0 = all runs complete,
+    1 = some runs failed, 2 = a user error."""
+    args = build_sweep_parser().parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, out=args.out, data_root=args.data_root, weights=args.weights)
+        if args.dry_run:
+            for r in sweep.expand():
+                print(f"{'done' if is_complete(r) else 'todo'}  {r.id}")
+            return 0
+        status = run_sweep(sweep, executor=args.executor, workers=args.workers, address=args.address,
+                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    except VlpromptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep {sweep.name}: {status['done']}/{status['total']} complete, {status['failed']} failed "
+          f"-> {Path(sweep.out) / STATUS_FILE}", file=sys.stderr)
+    return 1 if status["failed"] else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(sweep_main())

@@ -1,0 +1,266 @@
+"""Sweep files: a declared grid (YAML) expanded into runs with deterministic, readable ids.
+
+Schema (see ``docs/sweeps.md``)::
+
+    methods: [zeroshot, coop, {name: coop+dept, options: {n_ctx: 4}}]
+    datasets: [eurosat, dtd, {name: imagefolder, root: /data/shapes, label: shapes}, imagefolder@/data/x]
+    protocol: base2new            # base2new | few-shot | all
+    shots: [16]
+    seeds: [1, 2, 3]
+    presets: [dept]               # optional; null/omitted = no preset
+    overrides: {train: {epochs: 1}, method: {}}   # or a list of such dicts (one variant each)
+    backbone: tiny-clip
+    weights: null
+    data_root: ~/data
+    out: runs/my_sweep
+
+Run id: ``<protocol>/<method>/<dataset>/shots<K>/seed<S>[-<preset>][-<hash of options>]``; the run
+directory is ``<out>/<id>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+PROTOCOLS = ("base2new", "few-shot")
+_KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
+         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name"}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset of the sweep: registry ``name``, its ``root`` (None: the sweep's ``data_root``), id ``label``."""
+
+    name: str
+    root: str | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method of the sweep with its own method options (e.g. ``n_ctx`` for CoOp only)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One expanded run: everything a worker needs (plain data, picklable)."""
+
+    id: str
+    out: str
+    protocol: str
+    method: str
+    dataset: str
+    dataset_label: str
+    root: str
+    shots: int | None
+    seed: int
+    preset: str | None
+    method_options: dict[str, Any]
+    train_options: dict[str, Any]
+    backbone: str
+    weights: str | None
+    trust_checkpoint: bool = False
+    device: str = "auto"
+    cache_dir: str | None = None
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file. ``expand()`` gives the runs in a fixed order."""
+
+    methods: list[MethodEntry]
+    datasets: list[DatasetEntry]
+    protocols: list[str]
+    shots: list[int | None]
+    seeds: list[int]
+    presets: list[str | None]
+    overrides: list[dict[str, dict[str, Any]]]
+    backbone: str = "tiny-clip"
+    weights: str | None = None
+    trust_checkpoint: bool = False
+    data_root: str | None = None
+    out: str = "runs/sweep"
+    device: str = "auto"
+    cache_dir: str | None = None
+    name: str = "sweep"
+
+    def expand(self) -> list[SweepRun]:
+        """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant."""
+        runs: list[SweepRun] = []
+        for protocol in self.protocols:
+            for m in self.methods:
+                for ds in self.datasets:
+                    root = ds.root if ds.root is not None else self.data_root
+                    if root is None:
+                        raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or datasets[].root")
+                    for k in self.shots:
+                        for seed in self.seeds:
+                            for preset in self.presets:
+                                for ov in self.overrides:
+                                    method_opts = {**ov.get("method", {}), **m.options}
+                                    train_opts = dict(ov.get("train", {}))
+                                    if self.cache_dir and "cache_dir" not in train_opts:
+                                        train_opts["cache_dir"] = self.cache_dir
+                                    rid = run_id(protocol, m.name, ds.label, k, seed, preset,
+                                                 method_opts, {k2: v for k2, v in train_opts.items()
+                                                               if k2 != "cache_dir"})
+                                    runs.append(SweepRun(
+                                        id=rid, out=str(Path(self.out) / rid), protocol=protocol, method=m.name,
+                                        dataset=ds.name, dataset_label=ds.label, root=str(root), shots=k,
+                                        seed=seed, preset=preset, method_options=method_opts,
+                                        train_options=train_opts, backbone=self.backbone, weights=self.weights,
+                                        trust_checkpoint=self.trust_checkpoint, device=self.device,
+                                        cache_dir=self.cache_dir,
+                                    ))
+        ids = [r.id for r in runs]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ConfigError(f"sweep expands to duplicate run ids {dup[:3]}; give the datasets distinct labels")
+        return runs
+
+
+def options_hash(method_options: dict[str, Any], train_options: dict[str, Any]) -> str:
+    """A short stable hash of the explicit options ('' when there are none)."""
+    if not method_options and not train_options:
+        return ""
+    blob = json.dumps({"method": method_options, "train": train_options}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", s).strip("_") or "_"
+
+
+def run_id(protocol: str, method: str, dataset: str, shots: int | None, seed: int, preset: str | None = None,
+           method_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None) -> str:
+    """``<protocol>/<method>/<dataset>/shots<K>/seed<S>[-<preset>][-<hash>]``.
+
+    Example:
+        >>> run_id("few-shot", "coop", "eurosat", 16, 1, "dept")
+        'few-shot/coop/eurosat/shots16/seed1-dept'
+    """
+    last = f"seed{seed}"
+    if preset:
+        last += f"-{_safe(preset)}"
+    h = options_hash(method_options or {}, train_options or {})
+    if h:
+        last += f"-{h}"
+    k = "all" if shots is None else str(shots)
+    return "/".join([_safe(protocol), _safe(method), _safe(dataset), f"shots{k}", last])
+
+
+def _as_list(v: Any, default: list[Any]) -> list[Any]:
+    if v is None:
+        return list(default)
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _parse_dataset(d: Any) -> DatasetEntry:
+    if isinstance(d, str):
+        name, _, root = d.partition("@")
+        root = root or None
+        label = name if root is None else f"{name}-{Path(root).name}" if name in ("imagefolder", "csv") else name
+        return DatasetEntry(name.strip(), os.path.expanduser(root) if root else None, _safe(label))
+    if isinstance(d, dict) and "name" in d:
+        unknown = set(d) - {"name", "root", "label"}
+        if unknown:
+            raise ConfigError(f"datasets entry {d!r}: unknown keys {sorted(unknown)} (expected name, root, label)")
+        root = d.get("root")
+        default = d["name"] if root is None or d["name"] not in ("imagefolder", "csv") else \
+            f"{d['name']}-{Path(str(root)).name}"
+        return DatasetEntry(str(d["name"]), os.path.expanduser(str(root)) if root else None,
+                            _safe(str(d.get("label") or default)))
+    raise ConfigError(f"datasets entry {d!r}: expected a name, 'name@root' or {{name, root, label}}")
+
+
+def _parse_method(m: Any) -> MethodEntry:
+    if isinstance(m, str):
+        return MethodEntry(m.strip())
+    if isinstance(m, dict) and "name" in m:
+        unknown = set(m) - {"name", "options"}
+        if unknown:
+            raise ConfigError(f"methods entry {m!r}: unknown keys {sorted(unknown)} (expected name, options)")
+        return MethodEntry(str(m["name"]), dict(m.get("options") or {}))
+    raise ConfigError(f"methods entry {m!r}: expected a name or {{name, options}}")
+
+
+def _parse_override(o: Any) -> dict[str, dict[str, Any]]:
+    if o is None:
+        return {}
+    if not isinstance(o, dict) or set(o) - {"method", "train"}:
+        raise ConfigError(f"overrides entry {o!r}: expected {{method: {{...}}, train: {{...}}}}")
+    return {k: dict(v or {}) for k, v in o.items()}
+
+
+def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Sweep:
+    """Validate a sweep mapping (the YAML content) into a :class:`Sweep`.
+
+    Relative ``out`` and roots are resolved against ``base_dir`` (the sweep file's folder) when given.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("a sweep file must be a mapping with at least 'methods' and 'datasets'")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise ConfigError(f"sweep: unknown keys {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    for key in ("methods", "datasets"):
+        if not data.get(key):
+            raise ConfigError(f"sweep: '{key}' is required and must not be empty")
+    protocol = data.get("protocol", "few-shot")
+    protocols = list(PROTOCOLS) if protocol == "all" else _as_list(protocol, ["few-shot"])
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ConfigError(f"sweep: protocol {p!r}; expected base2new, few-shot or all")
+    shots = [None if s in (None, "all") else int(s) for s in _as_list(data.get("shots"), [16])]
+    seeds = [int(s) for s in _as_list(data.get("seeds"), [1])]
+    presets = [None if p in (None, "none", "") else str(p) for p in _as_list(data.get("presets"), [None])]
+    overrides = [_parse_override(o) for o in _as_list(data.get("overrides"), [{}])]
+
+    def resolve(p: str | None) -> str | None:
+        if p is None:
+            return None
+        p = os.path.expanduser(str(p))
+        return str(Path(base_dir) / p) if base_dir is not None and not os.path.isabs(p) else p
+
+    datasets = [_parse_dataset(d) for d in _as_list(data["datasets"], [])]
+    datasets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in datasets]
+    return Sweep(
+        methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
+        protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
+        backbone=str(data.get("backbone") or "tiny-clip"), weights=resolve(data.get("weights")),
+        trust_checkpoint=bool(data.get("trust_checkpoint", False)), data_root=resolve(data.get("data_root")),
+        out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
+        cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
+    )
+
+
+def load_sweep(path: str | Path, **replace: Any) -> Sweep:
+    """Read a sweep YAML file; keyword arguments (``out=``, ``data_root=``) replace its fields when not None.
+
+    Example:
+        >>> runs = load_sweep("sweeps/dept_b2n.yaml", data_root="~/data").expand()
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: '{path}'")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"sweep file '{path}' is not valid YAML: {e}") from e
+    if isinstance(data, dict):
+        paths = ("out", "data_root", "weights", "cache_dir")
+        data = {**data, **{k: os.path.abspath(os.path.expanduser(v)) if k in paths else v
+                           for k, v in replace.items() if v is not None}}
+    return parse_sweep(data, base_dir=path.parent)
