@@ -1,0 +1,220 @@
+"""Collect ``results.json`` files and tally the paper tables (mean ± std over seeds) as markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from ..engine.train import hm
+from ..errors import ConfigError
+from ..protocols.tables import summarize_base2new
+
+
+def _variant(res: dict[str, Any]) -> str:
+    """The id suffix after ``seed<S>`` (``-<preset>-<hash>``) of a sweep run, '' otherwise."""
+    rid = (res.get("sweep") or {}).get("id", "")
+    m = re.search(r"/seed\d+(.*)$", rid)
+    return m.group(1) if m else ""
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """One row per ``results.json`` under ``root`` (unreadable or incomplete files are ignored).
+
+    Row keys: ``method`` (with the preset/options suffix when a method has several variants),
+    ``dataset`` (the sweep's dataset label when present), ``protocol`` (``base2new`` when the run has
+    ``new_acc``), ``shots``, ``seed``, ``acc``, ``base_acc``, ``new_acc``, ``hm``, ``path``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"report: '{root}' is not a directory")
+    rows = []
+    for p in sorted(root.rglob("results.json")):
+        try:
+            res = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(res, dict) or "acc" not in res or "method" not in res:
+            continue
+        sweep = res.get("sweep") or {}
+        b2n = res.get("new_acc") is not None and res.get("base_acc") is not None
+        rows.append({
+            "method": str(res["method"]), "variant": _variant(res),
+            "dataset": str(sweep.get("dataset") or res.get("dataset", "?")),
+            "protocol": "base2new" if b2n else str(sweep.get("protocol") or res.get("protocol") or "accuracy"),
+            "shots": res.get("shots"), "seed": res.get("seed"), "acc": float(res["acc"]),
+            "base_acc": res.get("base_acc"), "new_acc": res.get("new_acc"),
+            "hm": res.get("hm") if res.get("hm") is not None
+            else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
+            "path": str(p.parent),
+        })
+    variants: dict[str, set[str]] = {}
+    for r in rows:
+        variants.setdefault(r["method"], set()).add(r["variant"])
+    for r in rows:
+        if len(variants[r["method"]]) > 1 and r["variant"]:
+            r["method"] = r["method"] + r["variant"]
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(m: float, s: float) -> str:
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def _order(values: list[Any]) -> list[Any]:
+    seen: list[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def _shots_key(k: Any) -> tuple[int, float]:
+    return (1, 0.0) if k is None else (0, float(k))
+
+
+def base2new_tables(rows: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[str, Any]]:
+    """Per (method, shots): per-dataset B/N mean ± std, H = HM(mean B, mean N) and the average row.
+
+    The average row is :func:`vlprompt.protocols.tables.summarize_base2new`'s (mean of the datasets'
+    B and N, H of those averages) with the standard deviation of the per-seed averages.
+    """
+    b2n = [r for r in rows if r["protocol"] == "base2new"]
+    out: dict[tuple[str, Any], dict[str, Any]] = {}
+    for method in _order([r["method"] for r in b2n]):
+        for shots in sorted({r["shots"] for r in b2n if r["method"] == method}, key=_shots_key):
+            rs = [r for r in b2n if r["method"] == method and r["shots"] == shots]
+            table = []
+            for ds in _order([r["dataset"] for r in rs]):
+                d = [r for r in rs if r["dataset"] == ds]
+                (bm, bs), (nm, ns) = mean_std([r["base_acc"] for r in d]), mean_std([r["new_acc"] for r in d])
+                _, hs = mean_std([r["hm"] for r in d])
+                table.append({"dataset": ds, "base": bm, "base_std": bs, "new": nm, "new_std": ns,
+                              "hm": hm(bm, nm), "hm_std": hs, "seeds": len(d)})
+            summary = summarize_base2new([{"dataset": r["dataset"], "seed": r["seed"], "base_acc": r["base_acc"],
+                                           "new_acc": r["new_acc"]} for r in rs])
+            out[(method, shots)] = {"rows": table, "average": {
+                "dataset": "average", "base": summary["average"]["base_acc"], "new": summary["average"]["new_acc"],
+                "hm": summary["average"]["hm"], "datasets": len(table)}}
+    return out
+
+
+def accuracy_tables(rows: list[dict[str, Any]], protocol: str = "few-shot") -> dict[str, dict[str, Any]]:
+    """Per method: accuracy mean ± std over seeds per (dataset, shots), and per-shots average over datasets."""
+    rs_all = [r for r in rows if r["protocol"] == protocol]
+    out: dict[str, dict[str, Any]] = {}
+    for method in _order([r["method"] for r in rs_all]):
+        rs = [r for r in rs_all if r["method"] == method]
+        shots = sorted({r["shots"] for r in rs}, key=_shots_key)
+        cells: dict[tuple[str, Any], tuple[float, float, int]] = {}
+        for ds in _order([r["dataset"] for r in rs]):
+            for k in shots:
+                v = [r["acc"] for r in rs if r["dataset"] == ds and r["shots"] == k]
+                if v:
+                    cells[(ds, k)] = (*mean_std(v), len(v))
+        avg = {}
+        for k in shots:
+            means = [c[0] for (ds, kk), c in cells.items() if kk == k]
+            avg[k] = mean(means)
+        out[method] = {"shots": shots, "datasets": _order([r["dataset"] for r in rs]), "cells": cells,
+                       "average": avg}
+    return out
+
+
+def _md(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(header: list[str], body: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(body)
+    return buf.getvalue()
+
+
+def _kname(k: Any) -> str:
+    return "all" if k is None else str(k)
+
+
+def render_base2new(tables: dict[tuple[str, Any], dict[str, Any]]) -> dict[str, str]:
+    """Markdown (per-method tables + side-by-side comparison) and CSVs (long + comparison)."""
+    md = ["# Base-to-new generalisation\n",
+          "B, N: mean ± std over seeds; H = HM(mean B, mean N) (± std of the per-seed H); "
+          "average row: mean of the datasets' B and N, H of those averages.\n"]
+    long_rows: list[list[Any]] = []
+    for (method, shots), t in tables.items():
+        body = [[r["dataset"], _pm(r["base"], r["base_std"]), _pm(r["new"], r["new_std"]),
+                 _pm(r["hm"], r["hm_std"]), str(r["seeds"])] for r in t["rows"]]
+        a = t["average"]
+        body.append(["**average**", f"{a['base']:.2f}", f"{a['new']:.2f}", f"{a['hm']:.2f}", ""])
+        md += [f"## {method} ({_kname(shots)} shots)\n", _md(["dataset", "base", "new", "H", "seeds"], body)]
+        for r in t["rows"]:
+            long_rows.append([method, _kname(shots), r["dataset"], f"{r['base']:.4f}", f"{r['base_std']:.4f}",
+                              f"{r['new']:.4f}", f"{r['new_std']:.4f}", f"{r['hm']:.4f}", f"{r['hm_std']:.4f}",
+                              r["seeds"]])
+        long_rows.append([method, _kname(shots), "average", f"{a['base']:.4f}", "", f"{a['new']:.4f}", "",
+                          f"{a['hm']:.4f}", "", ""])
+    # side by side: one row per dataset, B/N/H per method
+    keys = list(tables)
+    names = [m if sum(1 for mm, _ in keys if mm == m) == 1 else f"{m}@{_kname(k)}" for m, k in keys]
+    datasets = _order([r["dataset"] for t in tables.values() for r in t["rows"]])
+    header = ["dataset"] + [f"{n} {c}" for n in names for c in ("B", "N", "H")]
+    cmp_body: list[list[str]] = []
+    for ds in [*datasets, "average"]:
+        row = ["**average**" if ds == "average" else ds]
+        for key in keys:
+            t = tables[key]
+            r = t["average"] if ds == "average" else next((x for x in t["rows"] if x["dataset"] == ds), None)
+            row += [f"{r[c]:.2f}" for c in ("base", "new", "hm")] if r else ["", "", ""]
+        cmp_body.append(row)
+    md += ["## Method comparison\n", _md(header, cmp_body)]
+    return {
+        "base2new.md": "\n".join(md),
+        "base2new.csv": _csv(["method", "shots", "dataset", "base", "base_std", "new", "new_std", "hm", "hm_std",
+                              "seeds"], long_rows),
+        "base2new_compare.csv": _csv(header, [[c.strip("*") for c in r] for r in cmp_body]),
+    }
+
+
+def render_accuracy(tables: dict[str, dict[str, Any]], protocol: str = "few-shot") -> dict[str, str]:
+    """Markdown (per-method dataset × shots tables + comparison of averages) and CSVs."""
+    stem = protocol.replace("-", "_")
+    md = [f"# {protocol} accuracy\n", "Accuracy (%): mean ± std over seeds; average row: mean over datasets.\n"]
+    long_rows: list[list[Any]] = []
+    for method, t in tables.items():
+        header = ["dataset"] + [f"{_kname(k)}-shot" for k in t["shots"]]
+        body = []
+        for ds in t["datasets"]:
+            row = [ds]
+            for k in t["shots"]:
+                c = t["cells"].get((ds, k))
+                row.append(_pm(c[0], c[1]) if c else "")
+                if c:
+                    long_rows.append([method, ds, _kname(k), f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+            body.append(row)
+        body.append(["**average**"] + [f"{t['average'][k]:.2f}" for k in t["shots"]])
+        for k in t["shots"]:
+            long_rows.append([method, "average", _kname(k), f"{t['average'][k]:.4f}", "", ""])
+        md += [f"## {method}\n", _md(header, body)]
+    all_shots = sorted({k for t in tables.values() for k in t["shots"]}, key=_shots_key)
+    header = ["method"] + [f"{_kname(k)}-shot" for k in all_shots]
+    cmp_body = [[m] + [f"{t['average'][k]:.2f}" if k in t["average"] else "" for k in all_shots]
+                for m, t in tables.items()]
+    md += ["## Method comparison (average over datasets)\n", _md(header, cmp_body)]
+    return {
+        f"{stem}.md": "\n".join(md),
+        f"{stem}.csv": _csv(["method", "dataset", "shots", "acc", "acc_std", "seeds"], long_rows),
+        f"{stem}_compare.csv": _csv(header, cmp_body),
+    }
