@@ -16,7 +16,7 @@ import os
 
 from vlprompt.errors import ConfigError
 
-from . import coop_datasets, custom, imagenet  # noqa: F401  (registers the datasets)
+from . import coop_datasets, custom, imagenet, tiny  # noqa: F401  (registers the datasets)
 from .fewshot import (
     apply_few_shot,
     load_split,
