@@ -25,7 +25,8 @@ def _variant(res: dict[str, Any]) -> str:
 def collect(root: str | Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` under ``root`` (unreadable or incomplete files are ignored).
 
-    Row keys: ``method`` (with the preset/options suffix when a method has several variants),
+    Row keys: ``method`` (with the sweep id's ``-<preset>-<hash>`` suffix when a method has runs of several
+    such variants; runs outside a sweep keep the bare name),
     ``dataset`` (the sweep's dataset label when present), ``protocol`` (``base2new`` when the run has
     ``new_acc``), ``shots``, ``seed``, ``acc``, ``base_acc``, ``new_acc``, ``hm``, ``path``.
     """
@@ -52,9 +53,11 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
             "path": str(p.parent),
         })
-    variants: dict[str, set[str]] = {}
+    variants: dict[str, set[str]] = {}  # sweep variants (preset / options) of a method: split only when several
     for r in rows:
-        variants.setdefault(r["method"], set()).add(r["variant"])
+        if r["variant"]:
+            variants.setdefault(r["method"], set()).add(r["variant"])
+        variants.setdefault(r["method"], set())
     for r in rows:
         if len(variants[r["method"]]) > 1 and r["variant"]:
             r["method"] = r["method"] + r["variant"]
