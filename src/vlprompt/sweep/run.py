@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -143,6 +145,10 @@ def run_local(runs: list[SweepRun], workers: int, on_start: Callable[[str], None
                     msg = f"worker failed: {type(e).__name__}: {e}"
                     atomic_write(Path(run.out) / "error.txt", f"run {run.id}\n{msg}\n")
                     on_done({"id": run.id, "status": "failed", "seconds": 0.0, "error": msg})
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the workers, their runs resume next time
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
     finally:
         pool.shutdown(wait=not (queue or pending), cancel_futures=True)
 
@@ -258,6 +264,9 @@ def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None,
             run_ray(todo, address, on_start, on_done, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
         else:
             raise ConfigError(f"executor {executor!r}; expected local or ray")
+    except BaseException:
+        _write_status(sweep, runs, done, failures, (), False)  # interrupted: nothing runs any more
+        raise
     finally:
         prog.close()
     _write_status(sweep, runs, done, failures, (), True)
@@ -280,10 +289,16 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def sweep_main(argv: list[str] | None = None) -> int:
     """``vlprompt sweep SWEEP.yaml [--executor local|ray] [--workers N]``; exit 0 = all runs complete,
     1 = some runs failed, 2 = a user error."""
     args = build_sweep_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill PID` stops the workers too
     try:
         sweep = load_sweep(args.sweep, out=args.out, data_root=args.data_root, weights=args.weights)
         if args.dry_run:
@@ -295,6 +310,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
     except VlpromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sweep interrupted; run the same command again to finish the missing runs", file=sys.stderr)
+        return 130
     print(f"sweep {sweep.name}: {status['done']}/{status['total']} complete, {status['failed']} failed "
           f"-> {Path(sweep.out) / STATUS_FILE}", file=sys.stderr)
     return 1 if status["failed"] else 0
