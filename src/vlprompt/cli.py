@@ -210,7 +210,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     subsample = args.subsample or ds["subsample"]
     out = evaluate_run(run.path, name, root, subsample, cache_dir=args.cache_dir, weights=args.weights,
                        trust_checkpoint=args.trust_checkpoint, device=args.device)
-    atomic_write(run.path / f"eval_{out['dataset']}_{subsample}.json", json.dumps(out, indent=2) + "\n")
+    name_part = out["dataset"].replace("/", "_")
+    atomic_write(run.path / f"eval_{name_part}_{subsample}.json", json.dumps(out, indent=2) + "\n")
     results = run.read_results()
     if results is not None and out["dataset"] == ds["name"] and ds["subsample"] == "base" and subsample == "new":
         results.update({"new_acc": out["acc"], "hm": hm(results["base_acc"], out["acc"])})
