@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("methods", help="list registered methods")
+    sub.add_parser("sweep", help="run a declared grid of runs, resumable (vlprompt sweep --help)")
+    sub.add_parser("report", help="tables and plots from results.json files (vlprompt report --help)")
     p = sub.add_parser("datasets", help="list datasets (with --root: which are present)")
     p.add_argument("--root", help="data root ($DATA) to check")
 
@@ -297,6 +299,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"]:  # the sweep and report commands own their argument parsers
+        from .sweep import sweep_main
+
+        return sweep_main(argv[1:])
+    if argv[:1] == ["report"]:
+        from .report import report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
