@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
 from .config import TrainConfig
+from .distributed import init_from_env, shard, sum_gradients, sum_scalar
 from .evaluate import evaluate_samples
 from .features import FeatureCache
 from .precision import autocast, resolve_device, resolve_precision
@@ -118,7 +119,9 @@ def fit(
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
+    rank, world_size = init_from_env(device)
     run = RunDir(run_dir) if run_dir else None
+    writer = run if rank == 0 else None  # only rank 0 writes the run directory
     cache = FeatureCache(model.backbone, precision, device, cfg.cache_dir, cfg.eval_batch_size, cfg.num_workers)
     bb = model.backbone
     info = {
@@ -143,7 +146,7 @@ def fit(
     feature_seconds = time.perf_counter() - t0 - test_feature_seconds
     t0 += test_feature_seconds  # test-set extraction is evaluation time, not training time
 
-    if run is not None:
+    if writer is not None:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config({
             **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
@@ -177,7 +180,7 @@ def fit(
             metrics = run.read_metrics()[:start_epoch]
             run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         _train_epochs(
-            model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
+            model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, writer,
             fingerprint, prior_seconds, t0, on_epoch_end,
         )
     train_seconds = prior_seconds + time.perf_counter() - t0
@@ -199,8 +202,8 @@ def fit(
         results.update({"acc": ev["acc"], "n_test": ev["n"], "eval_seconds": round(eval_seconds, 3)})
         if task.subsample == "base":
             results["base_acc"] = ev["acc"]
-    results["env"] = environment(device, precision)
-    if run is not None:
+    results["env"] = {**environment(device, precision), "world_size": world_size}
+    if writer is not None:
         save_prompt(model, run.path / "prompt.safetensors")
         run.write_metrics(metrics)
         run.write_results(results)
@@ -270,41 +273,49 @@ def _train_epochs(
         gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         batches = _batches(n, cfg.batch_size, gen)
         e0 = time.perf_counter()
+        # every rank draws the same global batches and takes its shard; scale = its share
+        scales = [len(shard(b)) / len(b) for b in batches]
         if cached:
             view_of = torch.randint(cfg.feature_views, (n,), generator=gen)
             steps = (
-                {"features": views[view_of[b], b], "labels": labels[b].to(device)} for b in batches
+                {"features": views[view_of[b], b], "labels": labels[b].to(device)}
+                for b in (shard(b) for b in batches)
             )
         else:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)
-            loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=cfg.num_workers)
+            loader = DataLoader(dataset, batch_sampler=[shard(b).tolist() for b in batches],
+                                num_workers=cfg.num_workers)
             steps = ({"images": x.to(device), "labels": y.to(device)} for x, y, _ in loader)
         if show:
             from tqdm import tqdm
 
             steps = tqdm(steps, total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         tot_loss, tot_acc, count = 0.0, 0.0, 0
-        for batch in steps:
-            with autocast(precision, device):
-                out = model.loss(batch)
-            loss = out["loss"]
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}; lower the learning rate")
+        params = model.trainable_parameters()
+        for batch, scale in zip(steps, scales, strict=True):
             optimizer.zero_grad(set_to_none=True)
+            if len(batch["labels"]):
+                with autocast(precision, device):
+                    out = model.loss(batch)
+                loss = out["loss"] * scale
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}; lower the learning rate")
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                step_loss, step_acc = float(loss.detach()), float(out.get("acc", 0.0)) * scale
+            else:  # more ranks than images in this batch
+                step_loss, step_acc = 0.0, 0.0
+            sum_gradients(params)
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
-            tot_loss += float(loss.detach())
-            tot_acc += float(out.get("acc", 0.0))
+            tot_loss += sum_scalar(step_loss, device)
+            tot_acc += sum_scalar(step_acc, device)
             count += 1
         row = {
             "epoch": epoch, "lr": lr, "loss": tot_loss / max(count, 1), "train_acc": 100 * tot_acc / max(count, 1),
