@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list registered methods")
     sub.add_parser("sweep", help="run a declared grid of runs, resumable (vlprompt sweep --help)")
     sub.add_parser("report", help="tables and plots from results.json files (vlprompt report --help)")
+    sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny-clip (vlprompt pretrain-tiny --help)")
     p = sub.add_parser("datasets", help="list datasets (with --root: which are present)")
     p.add_argument("--root", help="data root ($DATA) to check")
 
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["pretrain-tiny"]:
+        from .pretrain import pretrain_main
+
+        return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
