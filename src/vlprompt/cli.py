@@ -267,8 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not (data / "train").exists():
         make_image_folder(data, n_train=16, n_val=4, n_test=20, seed=0)
     if embedded_weights(args.backbone) is None:
-        print(f"note: {args.backbone} has no shipped weights yet; it runs randomly initialised, "
-              "so accuracies are near chance except for the linear probe and CoOp")
+        print(f"note: {args.backbone} has no shipped weights; it runs randomly initialised")
     bb = vp.load_backbone(args.backbone)
     rows = []
     for method, train in (("zeroshot", {}), ("linear-probe", {}),
