@@ -50,3 +50,21 @@ def test_image_dataset_returns_tensor_label_index(tmp_path):
     assert image.shape == (3, 8, 8) and label == 0 and index == 2
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert batch[0].shape == (3, 3, 8, 8) and batch[2].tolist() == [0, 1, 2]
+
+
+def test_augmentation_policies():
+    import pytest
+
+    from vlprompt.errors import ConfigError
+
+    mild = transforms.train_transform(16, augment="crop").transforms
+    assert mild[1].scale == (0.5, 1.0)
+    assert not any(type(t).__name__ == "RandomHorizontalFlip" for t in mild)
+    plain = transforms.train_transform(16, augment="none")
+    image = Image.new("RGB", (40, 20), (10, 200, 30))
+    assert torch.equal(plain(image), transforms.test_transform(16)(image))
+    ids = {transform_id("train", 16, augment=a) for a in transforms.AUGMENTS}
+    assert len(ids) == 3
+    assert transform_id("train", 16) == transform_id("train", 16, augment="clip")
+    with pytest.raises(ConfigError, match="augmentation policy 'flip'"):
+        transforms.train_transform(16, augment="flip")

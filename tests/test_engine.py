@@ -105,6 +105,8 @@ def test_feature_cache_persists_and_is_deterministic(tiny_bb, shapes_root, tmp_p
     c3 = FeatureCache(tiny_bb, "fp32", torch.device("cpu"), tmp_path, persist=False)
     assert torch.equal(c3.get(task.train, "train", view=1, seed=3), a)  # same augmentation, recomputed
     assert not torch.equal(c3.get(task.train, "train", view=2, seed=3), a)  # another view differs
+    none = c3.get(task.train, "train", view=1, seed=3, augment="none")  # policy "none" = the plain view
+    assert torch.allclose(none, c3.get(task.train, "test"), atol=1e-6)
     plain = c3.get(task.test, "test")
     with torch.no_grad():
         from vlprompt.data import ImageDataset, test_transform
@@ -120,3 +122,6 @@ def test_per_step_augmentation_path_and_bf16(tiny_bb, shapes_root, cache_dir):
     res = vp.fit(model, task, epochs=2, batch_size=8, feature_views=0, precision="bf16", cache_dir=cache_dir)
     assert res["feature_views"] == 0 and 0 <= res["acc"] <= 100
     assert math.isfinite(res["final_loss"])
+    assert res["augment"] == task.augment == "clip"
+    res = vp.fit(model, task, epochs=1, batch_size=8, augment="crop", cache_dir=cache_dir, evaluate_test=False)
+    assert res["augment"] == "crop"

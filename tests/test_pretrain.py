@@ -92,6 +92,18 @@ def test_pretrain_smoke_writes_all_files_and_loads(suite, tmp_path):
                           torch.tensor(np.log(1 / 0.07), dtype=torch.float32), atol=0.05)
 
 
+def test_grouped_batches(suite):
+    corpus = PretrainCorpus(suite, seed=0)
+    src = corpus.batch_sources(7, 16, grouped=2)
+    assert src == corpus.batch_sources(7, 16, grouped=2)  # deterministic per step
+    assert src[8:] == [None] * 8 and len(set(src[:8])) == 2 and src[:4] == [src[0]] * 4
+    assert corpus.batch_sources(7, 16, grouped=0) == [None] * 16
+    items = [corpus.item(i, s) for i, s in zip(range(112, 128), src, strict=True)]
+    assert all(it.source == s for it, s in zip(items[:8], src[:8], strict=True))
+    with pytest.raises(ValueError, match="not in the mixture"):
+        corpus.item(0, "nonsense")
+
+
 def test_pretrain_is_deterministic(suite, tmp_path):
     kw = dict(steps=2, batch_size=8, seed=1, eval_tasks=(), manifest=suite, log=None)
     a = pretrain(tmp_path / "a", **kw)

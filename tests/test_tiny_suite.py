@@ -150,6 +150,7 @@ def test_load_every_task_base_four_shot(suite, name):
     assert len(task.train) == (0 if spec.variant_of else 4 * n_base)
     assert task.test and all(Path(s.path).is_file() for s in task.test[:5])
     assert task.extra["task_name"] and Path(task.extra["suite_dir"]) == suite
+    assert task.augment == spec.augment  # survives few-shot sampling and class subsampling
     if spec.fmt == "split_zhou":
         assert Path(task.extra["mask_dir"]).is_dir()
 

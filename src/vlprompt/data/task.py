@@ -36,6 +36,8 @@ class Task:
         seed: seed of the few-shot sample.
         subsample: ``"all"``, ``"base"`` or ``"new"``.
         image_dir: the directory that split-file paths are relative to.
+        augment: training augmentation policy (``"clip"``: CLIP's random resized crop + flip, every
+            real dataset; ``"crop"`` / ``"none"`` for tasks whose labels those augmentations change).
     """
 
     name: str
@@ -49,6 +51,7 @@ class Task:
     seed: int = 1
     subsample: str = "all"
     image_dir: Path | None = None
+    augment: str = "clip"
     extra: dict = field(default_factory=dict)
 
     @property

@@ -1,7 +1,10 @@
 """CLIP's image pre-processing (reference: Dassl transforms with the CoOp configs).
 
 * test: resize the shorter side to ``size`` (bicubic, aspect kept), centre crop ``size``, normalise.
-* train: ``RandomResizedCrop(size, scale=(0.08, 1.0))`` (bicubic), random horizontal flip, normalise.
+* train: ``RandomResizedCrop(size, scale=(0.08, 1.0))`` (bicubic), random horizontal flip, normalise
+  (augmentation policy ``"clip"``, every real dataset). A task may declare a milder policy when these
+  augmentations change its labels (the tiny suite's positions, arrow directions, counts):
+  ``"crop"`` = ``RandomResizedCrop(scale=(0.5, 1.0))`` without flip, ``"none"`` = the test transform.
 
 Images are converted to RGB first (grey-scale, palette and RGBA files are common in real datasets).
 
@@ -24,6 +27,9 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_SCALE: tuple[float, float] = (0.08, 1.0)
 TRANSFORM_KINDS = ("train", "test")
+#: Training augmentation policies (see the module docstring).
+AUGMENTS = ("clip", "crop", "none")
+MILD_SCALE: tuple[float, float] = (0.5, 1.0)
 _VERSION = 1
 
 
@@ -60,27 +66,38 @@ def test_transform(
 
 
 def train_transform(
-    size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, augment: str = "clip"
 ) -> T.Compose:
-    """RandomResizedCrop(scale=(0.08, 1), bicubic) + RandomHorizontalFlip + ToTensor + Normalize."""
+    """Training transform of an augmentation policy.
+
+    ``"clip"`` (default): RandomResizedCrop(scale=(0.08, 1), bicubic) + RandomHorizontalFlip + ToTensor +
+    Normalize; ``"crop"``: RandomResizedCrop(scale=(0.5, 1)) without flip; ``"none"``: the test transform.
+    """
     size = _check_size(size)
-    return T.Compose(
-        [
-            ToRGB(),
-            T.RandomResizedCrop(size, scale=TRAIN_SCALE, interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
+    _check_augment(augment)
+    if augment == "none":
+        return test_transform(size, mean, std)
+    scale = TRAIN_SCALE if augment == "clip" else MILD_SCALE
+    ops = [ToRGB(), T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC)]
+    if augment == "clip":
+        ops.append(T.RandomHorizontalFlip())
+    return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def build_transform(
-    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+    augment: str = "clip",
 ) -> T.Compose:
-    """``train_transform`` or ``test_transform`` by name."""
+    """``train_transform`` (of policy ``augment``) or ``test_transform`` by name."""
     _check_kind(kind)
-    return (train_transform if kind == "train" else test_transform)(size, mean, std)
+    if kind == "train":
+        return train_transform(size, mean, std, augment)
+    return test_transform(size, mean, std)
+
+
+def _check_augment(augment: str) -> None:
+    if augment not in AUGMENTS:
+        raise ConfigError(f"augmentation policy {augment!r} is unknown; expected one of {', '.join(AUGMENTS)}")
 
 
 def _check_kind(kind: str) -> None:
@@ -89,7 +106,8 @@ def _check_kind(kind: str) -> None:
 
 
 def transform_id(
-    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    kind: str, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+    augment: str = "clip",
 ) -> str:
     """A string that identifies a transform exactly, for use in feature-cache keys.
 
@@ -98,13 +116,16 @@ def transform_id(
         'v1-test-resize_bicubic224-centercrop224-clipnorm'
     """
     _check_kind(kind)
+    _check_augment(augment)
     size = _check_size(size)
     if tuple(mean) == CLIP_MEAN and tuple(std) == CLIP_STD:
         norm = "clipnorm"
     else:
         norm = "norm_" + "_".join(f"{v:.6g}" for v in (*mean, *std))
-    if kind == "test":
+    if kind == "test" or augment == "none":
         ops = f"resize_bicubic{size}-centercrop{size}"
+    elif augment == "crop":
+        ops = f"rrc_bicubic{size}_s{MILD_SCALE[0]:g}-{MILD_SCALE[1]:g}"
     else:
         ops = f"rrc_bicubic{size}_s{TRAIN_SCALE[0]:g}-{TRAIN_SCALE[1]:g}-hflip"
     return f"v{_VERSION}-{kind}-{ops}-{norm}"

@@ -31,6 +31,8 @@ class TrainConfig:
         precision: ``fp32``, ``bf16``/``fp16`` autocast, or ``auto`` (bf16 where supported).
         feature_views: N cached augmented views per training image for methods with a frozen
             image tower; 0 = a fresh augmentation on every step (no cache, reference pattern).
+        augment: training augmentation policy (``clip``, ``crop``, ``none``; see
+            :mod:`vlprompt.data.transforms`); ``None`` = the task's own (``clip`` for real datasets).
         cache_dir: directory of the image-feature cache (``None``: ``~/.cache/vlprompt``).
         seed: seed of sampling, augmentation and initialisation.
         grad_clip: max gradient norm, or 0 for none.
@@ -51,6 +53,7 @@ class TrainConfig:
     scheduler: Literal["cosine", "constant"] = "cosine"
     precision: Precision = "auto"
     feature_views: int = DEFAULT_FEATURE_VIEWS
+    augment: str | None = None
     cache_dir: str | None = None
     seed: int = 1
     grad_clip: float = 0.0
@@ -69,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
         if self.optimizer not in ("sgd", "adamw", "adam"):
             raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
+        if self.augment is not None and self.augment not in ("clip", "crop", "none"):
+            raise ConfigError(f"augment must be clip, crop, none or unset, got {self.augment!r}")
         if self.feature_views < 0:
             raise ConfigError(f"feature_views must be >= 0, got {self.feature_views}")
 

@@ -59,11 +59,11 @@ class FeatureCache:
         self._memo: dict[str, torch.Tensor] = {}
         self.computed = 0  # number of feature sets computed (not read from cache)
 
-    def key(self, samples: list[Sample], kind: str, view: int, seed: int) -> str:
+    def key(self, samples: list[Sample], kind: str, view: int, seed: int, augment: str = "clip") -> str:
         desc = {
             "backbone": self.backbone.name,
             "weights": self.backbone.weights_id,
-            "transform": transform_id(kind, self.backbone.image_size),
+            "transform": transform_id(kind, self.backbone.image_size, augment=augment),
             "view": view if kind == "train" else 0,
             "seed": seed if kind == "train" else 0,
             "precision": self.precision,
@@ -71,18 +71,24 @@ class FeatureCache:
         }
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
-    def get(self, samples: list[Sample], kind: str = "test", view: int = 0, seed: int = 0) -> torch.Tensor:
-        """Features ``(len(samples), embed_dim)`` of the plain (``test``) or an augmented view."""
+    def get(
+        self, samples: list[Sample], kind: str = "test", view: int = 0, seed: int = 0, augment: str = "clip"
+    ) -> torch.Tensor:
+        """Features ``(len(samples), embed_dim)`` of the plain (``test``) or an augmented view.
+
+        ``augment`` is the training augmentation policy of an augmented view
+        (:data:`vlprompt.data.transforms.AUGMENTS`).
+        """
         if not samples:
             return torch.zeros(0, self.backbone.embed_dim)
-        key = self.key(samples, kind, view, seed)
+        key = self.key(samples, kind, view, seed, augment)
         if key in self._memo:
             return self._memo[key]
         path = self.dir / key[:2] / f"{key}.safetensors"
         if self.persist and path.exists():
             feats = load_file(str(path))["features"]
         else:
-            feats = self._compute(samples, kind, view, seed)
+            feats = self._compute(samples, kind, view, seed, augment)
             if self.persist:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -92,10 +98,10 @@ class FeatureCache:
         return feats
 
     @torch.no_grad()
-    def _compute(self, samples: list[Sample], kind: str, view: int, seed: int) -> torch.Tensor:
+    def _compute(self, samples: list[Sample], kind: str, view: int, seed: int, augment: str) -> torch.Tensor:
         self.computed += 1
         size = self.backbone.image_size
-        tf = train_transform(size) if kind == "train" else test_transform(size)
+        tf = train_transform(size, augment=augment) if kind == "train" else test_transform(size)
         gen = torch.Generator().manual_seed(1_000_003 * seed + view)
         loader = DataLoader(
             ImageDataset(samples, tf), batch_size=self.batch_size, shuffle=False,

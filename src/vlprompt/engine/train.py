@@ -190,6 +190,7 @@ def fit(
         "backbone": bb.name, "weights": bb.weights_id, "shots": task.shots, "seed": task.seed,
         "subsample": task.subsample, "num_classes": len(task.classnames),
         "epochs": epochs, "feature_views": cfg.feature_views if model.uses_image_features else None,
+        "augment": augment_of(task, cfg),
         "train_seconds": round(train_seconds, 3), "feature_seconds": round(feature_seconds, 3),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
         **{k: v for k, v in fit_info.items()},
@@ -226,7 +227,7 @@ def _prepare_inputs(
             cache.get(task.train, model.feature_transform)
             cache.get(task.val, "test")
         elif model.needs_training and cfg.feature_views > 0 and cfg.epochs > 0:
-            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed)
+            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed, augment=augment_of(task, cfg))
                                  for v in range(cfg.feature_views)])
         elif model.needs_training and cfg.epochs > 0:
             check_readable(task.train, "train")
@@ -255,6 +256,11 @@ def _labels(samples) -> torch.Tensor:
     return torch.tensor([s.label for s in samples], dtype=torch.long)
 
 
+def augment_of(task: Task, cfg: TrainConfig) -> str:
+    """The training augmentation policy of a run: the config's if set, else the task's."""
+    return cfg.augment or task.augment
+
+
 def _train_epochs(
     model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
     fingerprint, prior_seconds, t0, on_epoch_end,
@@ -265,7 +271,7 @@ def _train_epochs(
     if cached:
         views = views.to(device)
     else:
-        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size))
+        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size, augment=augment_of(task, cfg)))
     show = cfg.progress and sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         model.train()

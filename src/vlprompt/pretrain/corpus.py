@@ -196,13 +196,22 @@ class PretrainCorpus:
         return {"seed": self.seed, "mixture": {k: round(v, 4) for k, v in self.mixture.items()},
                 "skipped": dict(self.skipped), "excluded_identities": len(self.excluded)}
 
-    def item(self, index: int) -> CorpusItem:
-        """The ``index``-th pair (a pure function of ``seed`` and ``index``)."""
+    def item(self, index: int, source: str | None = None) -> CorpusItem:
+        """The ``index``-th pair (a pure function of ``seed``, ``index`` and ``source``).
+
+        ``source`` forces the source (one of :attr:`mixture`) instead of drawing it from the mixture.
+        """
         if index < 0:
             raise IndexError(index)
         rng = np.random.default_rng([CORPUS_KEY, self.seed, int(index)])
-        name = self._names[min(int(np.searchsorted(self._cum, rng.random() * self._cum[-1], side="right")),
-                               len(self._names) - 1)]
+        draw = rng.random()
+        if source is not None:
+            if source not in self.mixture:
+                raise ValueError(f"corpus source {source!r} is not in the mixture {sorted(self.mixture)}")
+            name = source
+        else:
+            name = self._names[min(int(np.searchsorted(self._cum, draw * self._cum[-1], side="right")),
+                                   len(self._names) - 1)]
         for attempt in range(16):
             r = rng if attempt == 0 else np.random.default_rng([CORPUS_KEY, self.seed, int(index), attempt])
             img, cap, ident = _RENDERERS[name](self, r)
@@ -211,10 +220,30 @@ class PretrainCorpus:
                 return CorpusItem(_jpeg(img), cap, name, ident)
         raise RuntimeError(f"corpus item {index}: 16 renderings in a row collided with suite images")
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
-        """Normalised image tensor ``(B, 3, 64, 64)`` (CLIP mean/std) and captions of ``indices``."""
-        items = [self.item(i) for i in indices]
+    def batch(self, indices: Sequence[int], sources: Sequence[str | None] | None = None
+              ) -> tuple[torch.Tensor, list[str]]:
+        """Normalised image tensor ``(B, 3, 64, 64)`` (CLIP mean/std) and captions of ``indices``.
+
+        ``sources`` (one per index, ``None`` = drawn from the mixture) forces each item's source.
+        """
+        srcs = list(sources) if sources is not None else [None] * len(indices)
+        items = [self.item(i, s) for i, s in zip(indices, srcs, strict=True)]
         return images_to_tensor([it.image for it in items]), [it.caption for it in items]
+
+    def batch_sources(self, step: int, batch_size: int, grouped: int) -> list[str | None]:
+        """Per-item sources of the batch of ``step``: ``grouped`` sources drawn (without replacement,
+        by mixture weight) fill ``grouped`` equal slices of half the batch; the other half is mixed.
+
+        ``grouped = 0`` gives a fully mixed batch (every source drawn per item).
+        """
+        if grouped <= 0:
+            return [None] * batch_size
+        rng = np.random.default_rng([CORPUS_KEY, self.seed, 0x6B47C4, int(step)])
+        k = min(grouped, len(self._names))
+        names = rng.choice(self._names, size=k, replace=False, p=[self.mixture[n] for n in self._names])
+        half = batch_size // 2
+        out: list[str | None] = [str(names[(j * k) // half]) for j in range(half)]
+        return out + [None] * (batch_size - half)
 
     # ------------------------------------------------------------------ real sources
     def _indexed(self, name: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:

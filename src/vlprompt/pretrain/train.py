@@ -47,7 +47,7 @@ DEFAULT_EVAL_TASKS: tuple[str, ...] = ("shapes", "colours", "digits", "textures"
 #: The full recipe. ``steps`` is sized from the step time measured on 2 CPU cores (docs/tiny-clip.md).
 DEFAULT_RECIPE: dict = {
     "steps": 1500, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 30, "seed": 0,
-    "precision": "bf16", "num_threads": 2, "eval_every": 100, "storage": "fp16",
+    "precision": "bf16", "num_threads": 2, "eval_every": 100, "storage": "fp16", "grouped_sources": 0,
 }
 MAX_LOG_SCALE = math.log(100.0)
 
@@ -141,6 +141,7 @@ def pretrain(
     storage: str = DEFAULT_RECIPE["storage"],
     manifest: str | os.PathLike[str] | dict | None = None,
     fixed_batch: bool = False,
+    grouped_sources: int = DEFAULT_RECIPE["grouped_sources"],
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Train tiny-clip contrastively and write curve, checkpoint, recipe and metrics into ``out_dir``.
@@ -157,6 +158,9 @@ def pretrain(
         manifest: tiny suite manifest / folder (corpus exclusions and evaluation tasks); ``None``: the
             default suite (generated on first use).
         fixed_batch: train on the same batch (items ``0..B-1``) every step (tests, debugging).
+        grouped_sources: half of every batch comes from this many sources (equal slices), so the
+            contrastive loss sees many same-source negatives (positions vs positions, ...); the other
+            half is drawn from the mixture. 0: fully mixed batches.
         log: progress printer (``None``: silent).
 
     Returns:
@@ -189,7 +193,8 @@ def pretrain(
         "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6; no decay on biases/norms/embeddings/logit_scale)",
         "loss": "open_clip ClipLoss (symmetric InfoNCE), logit_scale clamped to log(100)",
         "precision": precision, "num_threads": num_threads, "storage": storage, "eval_tasks": list(eval_tasks),
-        "eval_every": eval_every, "fixed_batch": fixed_batch, "corpus": corpus.describe(),
+        "eval_every": eval_every, "fixed_batch": fixed_batch, "grouped_sources": grouped_sources,
+        "corpus": corpus.describe(),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
@@ -207,7 +212,8 @@ def pretrain(
         for step in range(steps):
             ts = time.perf_counter()
             start = 0 if fixed_batch else step * batch_size
-            images, captions = corpus.batch(range(start, start + batch_size))
+            images, captions = corpus.batch(range(start, start + batch_size),
+                                            corpus.batch_sources(step, batch_size, grouped_sources))
             tokens = tokenizer(captions)
             td = time.perf_counter()
             cur_lr = lr_at(step, steps, lr, warmup)
@@ -282,6 +288,8 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
                    help="zero-shot val evaluation period in steps (0: only at the end)")
     p.add_argument("--eval-tasks", default=",".join(DEFAULT_EVAL_TASKS),
                    help="comma-separated tiny tasks evaluated zero-shot on val ('' disables)")
+    p.add_argument("--grouped-sources", type=int, default=r["grouped_sources"],
+                   help="half of each batch comes from this many corpus sources (0: fully mixed batches)")
     p.add_argument("--storage", choices=("fp16", "fp32"), default=r["storage"], help="checkpoint tensor dtype")
     p.add_argument("--suite", default=None, help="tiny suite folder (default: the cache, generated if needed)")
     a = p.parse_args(list(argv) if argv is not None else None)
@@ -289,5 +297,6 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
         p.error("--steps must be >= 1 and --batch-size >= 2")
     pretrain(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, weight_decay=a.weight_decay,
              warmup_steps=a.warmup_steps, precision=a.precision, num_threads=a.threads, eval_every=a.eval_every,
-             eval_tasks=[t for t in a.eval_tasks.split(",") if t], storage=a.storage, manifest=a.suite)
+             eval_tasks=[t for t in a.eval_tasks.split(",") if t], storage=a.storage, manifest=a.suite,
+             grouped_sources=a.grouped_sources)
     return 0

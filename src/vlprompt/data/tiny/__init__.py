@@ -119,7 +119,8 @@ def load_tiny_task(name: str, root: str | os.PathLike[str] | None = None) -> Tas
         splits = {sp: entries_to_samples(items, image_dir, classnames) for sp, items in entries.items()}
         extra.update(mask_dir=str(tdir / "mask"), split_file=str(split_file))
     return Task(name=f"tiny/{name}", classnames=classnames, template=template, train=splits["train"],
-                val=splits["val"], test=splits["test"], root=tdir, image_dir=image_dir, extra=extra)
+                val=splits["val"], test=splits["test"], root=tdir, image_dir=image_dir, augment=spec.augment,
+                extra=extra)
 
 
 def _register(name: str) -> None:

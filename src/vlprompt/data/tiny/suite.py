@@ -72,6 +72,10 @@ class TaskSpec:
         fmt: ``"split_zhou"`` or ``"vtab"``.
         variant_of: the source task of a test-only domain-shifted variant.
         optional: the source may be absent (the task is then skipped).
+        augment: training augmentation policy (:data:`vlprompt.data.transforms.AUGMENTS`): CLIP's
+            random crop (scale 0.08-1) + flip would change the label of positions, arrow directions,
+            counts and the 8x8 digits, so those tasks train on plain views (``"none"``); texture-like
+            tasks use mild crops (``"crop"``).
     """
 
     name: str
@@ -84,6 +88,7 @@ class TaskSpec:
     fmt: str = "split_zhou"
     variant_of: str | None = None
     optional: bool = False
+    augment: str = "none"
 
 
 def _seed(*parts: object) -> np.random.Generator:
@@ -231,7 +236,7 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("shapes", "TinyShapes", P.SHAPES, "a drawing of a {}.", "shape recognition", "synthetic",
              "procedural scenes"),
     TaskSpec("colours", "TinyColours", _COLOURS10, "a drawing of a {} object.", "colour recognition",
-             "synthetic", "procedural scenes"),
+             "synthetic", "procedural scenes", augment="clip"),
     TaskSpec("counting", "TinyCounting", _NUMBERS, "a picture of {}.", "object counting", "synthetic",
              "procedural scenes"),
     TaskSpec("positions", "TinyPositions", _POSITIONS, "an object in the {} of the picture.",
@@ -239,17 +244,19 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("orientation", "TinyOrientation", tuple(_DIRECTIONS), "an arrow pointing {}.",
              "arrow direction recognition", "synthetic", "procedural scenes"),
     TaskSpec("textures", "TinyTextures", P.TEXTURE_CLASSES, "{} texture.", "texture recognition", "synthetic",
-             "procedural textures (DTD analogue)"),
+             "procedural textures (DTD analogue)", augment="crop"),
     TaskSpec("satellite", "TinySatellite", P.SATELLITE_CLASSES, "a centered satellite photo of {}.",
-             "satellite land use classification", "synthetic", "procedural tiles (EuroSAT analogue)"),
+             "satellite land use classification", "synthetic", "procedural tiles (EuroSAT analogue)", augment="crop"),
     TaskSpec("digits", "TinyDigits", tuple(str(i) for i in range(10)), 'a photo of the number: "{}".',
              "handwritten digit recognition", "real", "scikit-learn load_digits"),
     TaskSpec("real_textures", "TinyRealTextures", tuple(sources.SKIMAGE_TEXTURES), "a close-up photo of {}.",
-             "real texture recognition", "real", "scikit-image sample images"),
+             "real texture recognition", "real", "scikit-image sample images", augment="crop"),
     TaskSpec("fashion", "TinyFashion", sources.FASHION_CLASSES, "a photo of a {}, a type of clothing.",
-             "clothing recognition", "real", "Fashion-MNIST (Debian dataset-fashion-mnist)", optional=True),
+             "clothing recognition", "real", "Fashion-MNIST (Debian dataset-fashion-mnist)", optional=True,
+             augment="crop"),
     TaskSpec("animals", "TinyAnimals", sources.ANIMAL_CLASSES, "a silhouette of a {}.",
-             "animal silhouette recognition", "real", "Animal-MNIST (pip animal-mnist)", optional=True),
+             "animal silhouette recognition", "real", "Animal-MNIST (pip animal-mnist)", optional=True,
+             augment="crop"),
     TaskSpec("shapes_sketch", "TinyShapesSketch", P.SHAPES, "a drawing of a {}.", "shape recognition", None,
              "procedural scenes: dark outlines on white paper", variant_of="shapes"),
     TaskSpec("shapes_noisy", "TinyShapesNoisy", P.SHAPES, "a drawing of a {}.", "shape recognition", None,
@@ -259,7 +266,8 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("vtab_dsprites_location", "", _DSPRITES_CELLS, "a small white shape in {} of a 4 by 4 grid.",
              "object localisation", None, "procedural sprites (VTAB dsprites-location analogue)", fmt="vtab"),
     TaskSpec("vtab_eurosat", "", P.SATELLITE_CLASSES, "a centered satellite photo of {}.",
-             "satellite land use classification", None, "procedural tiles (VTAB eurosat analogue)", fmt="vtab"),
+             "satellite land use classification", None, "procedural tiles (VTAB eurosat analogue)", fmt="vtab",
+             augment="crop"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
