@@ -31,6 +31,7 @@ def test_base2new_average_is_hm_of_averages():
 def test_presets():
     assert resolve_preset("kgcoop+dept", "dept")["method"]["weight"] == 2.0
     assert resolve_preset("kgcoop", "paper")["method"]["weight"] == 8.0
+    assert resolve_preset("zeroshot", "dept") == {"method": {}, "train": {}}  # training-free: defaults
     assert resolve_preset("coop", "dept")["train"] == {"epochs": 10, "batch_size": 4, "lr": 0.0035}
     assert resolve_preset("coop", "paper", shots=1, dataset="eurosat")["train"]["epochs"] == 50
     assert [coop_epochs(k, "dtd") for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]

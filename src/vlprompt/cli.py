@@ -127,10 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--trust-checkpoint", action="store_true")
 
-    p = sub.add_parser("demo", help="generate a small dataset and run zeroshot, linear-probe and coop on it")
+    p = sub.add_parser("demo", help="base-to-new on the whole tiny suite: zero-shot, linear probe and every "
+                                    "text-prompt method (tiny-clip, one seed; report + bar plot)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--backbone", default="tiny-clip")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--weights", default=None, help="backbone weights (default: the embedded ones)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods (default: zeroshot,linear-probe,coop,cocoop,kgcoop,maple)")
+    p.add_argument("--tasks", default=None, help="comma-separated tiny/<task> names (default: the suite's base tasks)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="override the 10 training epochs (quick checks)")
+    p.add_argument("--suite", default=".", help="tiny suite folder (default: the cache, generated on first use)")
     return parser
 
 
@@ -257,38 +264,15 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    import vlprompt as vp
-    from vlprompt.data import make_image_folder
+    from .demo import run_demo
 
-    from .backbones import embedded_weights
-
-    out = Path(args.out)
-    data = out / "data" / "shapes"
-    if not (data / "train").exists():
-        make_image_folder(data, n_train=16, n_val=4, n_test=20, seed=0)
-    if embedded_weights(args.backbone) is None:
-        print(f"note: {args.backbone} has no shipped weights; it runs randomly initialised")
-    bb = vp.load_backbone(args.backbone)
-    rows = []
-    for method, train in (("zeroshot", {}), ("linear-probe", {}),
-                          ("coop", {"epochs": args.epochs, "lr": 0.0035, "batch_size": 4})):
-        for sub in ("base",):
-            task = vp.load_dataset("imagefolder", data, shots=16, seed=1, subsample=sub)
-            opts = {"template": task.template} if method == "zeroshot" else {}
-            vp.seed_everything(1)
-            model = vp.build_method(method, bb, task.classnames, **opts)
-            res = vp.fit(model, task, run_dir=str(out / method), cache_dir=str(out / "cache"), **train)
-            row = {"method": method, "base_acc": res["acc"], "train_seconds": res["train_seconds"]}
-            if method != "linear-probe":
-                new = vp.load_dataset("imagefolder", data, subsample="new")
-                model.set_classnames(new.classnames)
-                row["new_acc"] = vp.evaluate(model, new.test, cache_dir=str(out / "cache"))
-            rows.append(row)
-    print(f"\n{'method':14s} {'base':>7s} {'new':>7s} {'train s':>8s}")
-    for r in rows:
-        new = f"{r['new_acc']:7.2f}" if "new_acc" in r else "      -"
-        print(f"{r['method']:14s} {r['base_acc']:7.2f} {new} {r['train_seconds']:8.2f}")
-    print(f"\nrun directories under {out}/")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    kw = {"methods": methods} if methods else {}
+    res = run_demo(args.out, backbone=args.backbone, weights=args.weights, tasks=tasks, seed=args.seed,
+                   epochs=args.epochs, root=args.suite, **kw)
+    print("\n" + res["table"])
+    print(f"\nreport: {Path(args.out) / 'demo.md'}; run directories under {args.out}/")
 
 
 COMMANDS = {

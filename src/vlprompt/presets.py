@@ -55,6 +55,11 @@ def coop_epochs(shots: int | None, dataset: str) -> int:
     return 50 if shots == 1 else 100
 
 
+#: Methods without a training loop: any preset name resolves to their defaults (so one sweep grid with
+#: ``presets: [dept]`` can hold zero-shot next to the trained methods).
+TRAINING_FREE = frozenset({"zeroshot"})
+
+
 def resolve_preset(method: str, preset: str | None, shots: int | None = None, dataset: str = "") -> Preset:
     """Method and training options of ``preset`` for ``method`` (plug-ins share the base's).
 
@@ -65,6 +70,8 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
     if not preset:
         return {"method": {}, "train": {}}
     base = method.split("+")[0]
+    if base in TRAINING_FREE:
+        return {"method": {}, "train": {}}  # nothing to configure: every preset means the method's defaults
     table = PRESETS.get(base, {})
     if preset not in table:
         known = {m: sorted(p) for m, p in PRESETS.items()}
