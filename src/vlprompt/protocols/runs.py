@@ -9,7 +9,7 @@ from typing import Any
 
 from ..backbones import load_backbone
 from ..backbones.base import Backbone
-from ..data import ensemble_templates, load_dataset
+from ..data import ensemble_templates, load_dataset, task_structure
 from ..data.templates import KGCOOP_DTD_TEMPLATE
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
@@ -85,6 +85,8 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
         own = KGCOOP_DTD_TEMPLATE if base == "kgcoop" and task.name == "dtd" else task.template
         method_opts.setdefault("template", own)  # KgCoOp's own DTD template differs from CoOp's
+    if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
+        method_opts.setdefault("tasks", task_structure(task))
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
