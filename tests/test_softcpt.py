@@ -397,3 +397,17 @@ def test_multitask_cli_on_a_tiny_group(tiny_suite, cache_dir, tmp_path, capsys):
     assert main(args("softcpt-nata+dept", tmp_path / "mt_dept")) == 0
     dept = json.loads((tmp_path / "mt_dept" / "tiny-group_synthetic" / "shots2" / "seed1" / "results.json").read_text())
     assert dept["method"] == "softcpt-nata+dept" and set(dept["per_task"]) == {"tiny/shapes", "tiny/colours"}
+
+
+def test_base2new_on_a_tiny_group(tiny_suite, cache_dir, tmp_path):
+    """Base classes of every task for training, then the prompt re-targeted to every task's new classes."""
+    from vlprompt.protocols import RunSpec, base2new
+
+    spec = RunSpec("softcpt-nata+dept", "", str(tiny_suite), out=str(tmp_path / "b2n"), shots=2,
+                   method_options={"n_ctx": 4},
+                   train_options={"epochs": 1, "batch_size": 8, "cache_dir": cache_dir, "precision": "fp32"})
+    summary = base2new(spec, ["tiny-group/synthetic"], seeds=[1], cache_dir=cache_dir)
+    res = json.loads((tmp_path / "b2n" / "tiny-group/synthetic" / "seed1" / "results.json").read_text())
+    assert res["num_classes"] == 10 and set(res["per_task"]) == {"tiny/shapes", "tiny/colours"}
+    assert res["base_acc"] == pytest.approx(sum(res["per_task"].values()) / 2)
+    assert 0 <= res["new_acc"] <= 100 and summary["average"]["new_acc"] == pytest.approx(res["new_acc"])

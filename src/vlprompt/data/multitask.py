@@ -96,16 +96,15 @@ def is_group_spec(spec: object) -> bool:
 def task_structure(task: Task) -> tuple[tuple[str, int], ...]:
     """``((task_name, num_classes), ...)`` of a loaded group (the ``tasks`` option of SoftCPT).
 
-    A single dataset with a task name (tiny suite) gives one entry; otherwise ``()``.
+    A single dataset with a task name (tiny suite, CoOp datasets) gives one entry; otherwise ``()``.
 
     Example:
         >>> model = vp.build_method("softcpt-nata", bb, group.classnames, tasks=task_structure(group))
     """
     if task.extra.get("tasks"):
         return tuple((t["task_name"], t["num_classes"]) for t in task.extra["tasks"])
-    if task.extra.get("task_name"):
-        return ((task.extra["task_name"], task.num_classes),)
-    return ()
+    name = task.extra.get("task_name") or DEFAULT_TASK_NAMES.get(task.name)
+    return ((name, task.num_classes),) if name else ()
 
 
 # ------------------------------------------------------------------------------ split_dk files

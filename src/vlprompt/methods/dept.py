@@ -121,8 +121,8 @@ class DePT(PromptMethod):
         """The CAT head applies to the classes it was trained on (or a subset of them)."""
         return self.head_rows is not None
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        self.inner.set_classnames(classnames)
+    def set_classnames(self, classnames: list[str], **options: Any) -> None:
+        self.inner.set_classnames(classnames, **options)  # e.g. tasks= of a multi-task method
         super().set_classnames(classnames)
 
     # ---------------------------------------------------------------- training

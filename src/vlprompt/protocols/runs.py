@@ -14,6 +14,7 @@ from ..data.templates import KGCOOP_DTD_TEMPLATE
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
 from ..methods import build_method, get_method_class
+from ..methods.base import config_to_dict
 from ..presets import resolve_preset
 from ..prompt_io import load_prompt
 
@@ -112,6 +113,10 @@ def evaluate_run(
     bcfg = cfg["backbone"]
     bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
     task = load_dataset(dataset, root, subsample=subsample)
-    model = load_prompt(run.path, bb, classnames=task.classnames)
-    acc = evaluate(model, task.test, device=device, cache_dir=cache_dir)
+    model = load_prompt(run.path, bb)
+    if task.extra.get("tasks") and "tasks" in config_to_dict(model.config):  # multi-task method on a group
+        model.set_classnames(task.classnames, tasks=task_structure(task))
+    else:
+        model.set_classnames(task.classnames)
+    acc = evaluate(model, task, device=device, cache_dir=cache_dir)
     return {"dataset": task.name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}
