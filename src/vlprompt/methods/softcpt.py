@@ -174,7 +174,7 @@ def _learned_context(backbone: Backbone, n: int, count: int | None, init: str) -
 
 @register_method
 class SoftCPT(PromptMethod):
-    """SoftCPT with every option (defaults: NATA); see the module docstring for the model.
+    """SoftCPT, multi-task prompt tuning with a meta network (every option; defaults = NATA).
 
     Example:
         >>> group = vp.load_dataset("tiny-group/synthetic", None, shots=16, seed=1)
@@ -364,7 +364,7 @@ class CSTSConfig(SoftCPTConfig):
 
 @register_method
 class SoftCPTNATA(SoftCPT):
-    """``softcpt-nata``: SoftCPT with the NATA defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-NATA: contexts per task from the task name; task context shared by all tasks (paper headline)."""
 
     name = "softcpt-nata"
     Config = NATAConfig
@@ -372,7 +372,7 @@ class SoftCPTNATA(SoftCPT):
 
 @register_method
 class SoftCPTNATS(SoftCPT):
-    """``softcpt-nats``: SoftCPT with the NATS defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-NATS: contexts per task from the task name; one task context per task."""
 
     name = "softcpt-nats"
     Config = NATSConfig
@@ -380,7 +380,7 @@ class SoftCPTNATS(SoftCPT):
 
 @register_method
 class SoftCPTCATA(SoftCPT):
-    """``softcpt-cata``: SoftCPT with the CATA defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-CATA: contexts per class from [class; task] features; shared class and task contexts."""
 
     name = "softcpt-cata"
     Config = CATAConfig
@@ -388,7 +388,7 @@ class SoftCPTCATA(SoftCPT):
 
 @register_method
 class SoftCPTCSTA(SoftCPT):
-    """``softcpt-csta``: SoftCPT with the CSTA defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-CSTA: contexts per class from [class; task] features; class context per class, shared task context."""
 
     name = "softcpt-csta"
     Config = CSTAConfig
@@ -396,7 +396,7 @@ class SoftCPTCSTA(SoftCPT):
 
 @register_method
 class SoftCPTCATS(SoftCPT):
-    """``softcpt-cats``: SoftCPT with the CATS defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-CATS: contexts per class from [class; task] features; shared class context, task context per task."""
 
     name = "softcpt-cats"
     Config = CATSConfig
@@ -404,7 +404,7 @@ class SoftCPTCATS(SoftCPT):
 
 @register_method
 class SoftCPTCSTS(SoftCPT):
-    """``softcpt-csts``: SoftCPT with the CSTS defaults (see :class:`SoftCPT`)."""
+    """SoftCPT-CSTS: contexts per class from [class; task] features; class context per class, task context per task."""
 
     name = "softcpt-csts"
     Config = CSTSConfig
