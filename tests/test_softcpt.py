@@ -154,6 +154,31 @@ def test_variant_defaults_and_parameter_count(tiny_bb):
         assert m.proj.shape == (d, 2 * w) and m.generated_context().shape == (5, 2, w)
 
 
+def test_coop_mt_hard_sharing_baselines(tiny_bb):
+    torch.manual_seed(0)
+    w = tiny_bb.text_width
+    unified = vp.build_method("coop-mt", tiny_bb, NAMES, tasks=TASKS, n_ctx=3)
+    assert unified.ctx.shape == (3, w)  # CoOp-MT: one context for all classes of all tasks
+    per_task = vp.build_method("coop-mt", tiny_bb, NAMES, tasks=TASKS, n_ctx=3, task_csc=True)
+    assert per_task.ctx.shape == (2, 3, w) and not torch.equal(per_task.ctx[0], per_task.ctx[1])
+    per_class = vp.build_method("coop-mt", tiny_bb, NAMES, tasks=TASKS, n_ctx=3, csc=True)
+    assert per_class.ctx.shape == (5, 3, w)
+    owner = [0, 0, 0, 1, 1]
+    feats = torch.randn(4, tiny_bb.embed_dim)
+    y = torch.tensor([4, 0, 2, 3])
+    out = per_task.train_outputs({"features": feats, "labels": y})
+    with torch.no_grad():
+        text = _open_clip_eot(tiny_bb, *zip(*[_prompt(tiny_bb, per_task.ctx[owner[c]], n) for c, n in enumerate(NAMES)],
+                                            strict=True))
+        assert torch.allclose(per_task.raw_text_features(), text, atol=1e-4)
+        logits = tiny_bb.logit_scale * F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()
+        assert torch.allclose(out["ce"], _paper_loss(logits, y, [3, 2]), atol=1e-5)
+    with pytest.raises(ConfigError, match="task_csc"):
+        per_task.set_classnames(["a", "b"], tasks=[("letters", 2)])
+    unified.set_classnames(["a", "b"], tasks=[("letters", 2)])
+    assert unified.logits_from_features(feats).shape == (4, 2)
+
+
 # ------------------------------------------------------------------------- class sampling
 def test_class_sampling_keeps_positives_and_a_fraction_of_negatives(tiny_bb):
     class_task = torch.tensor([0] * 10 + [1] * 6 + [2] * 4)

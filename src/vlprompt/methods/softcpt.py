@@ -24,7 +24,9 @@ its own task's classes only. Optional class sampling (``cls_sample_rate``, the r
 Registered names: ``softcpt`` (all options, defaults = NATA) and the paper's variants
 ``softcpt-nata``, ``softcpt-nats``, ``softcpt-cata``, ``softcpt-csta``, ``softcpt-cats``,
 ``softcpt-csts`` (letters 1–2: NA no class input / CA shared class context / CS class-specific
-class context; letters 3–4: TA task context shared by all tasks / TS per task).
+class context; letters 3–4: TA task context shared by all tasks / TS per task), and the paper's
+hard-sharing baseline ``coop-mt`` (CoOp contexts shared by all tasks, per task or per class,
+trained jointly with the same loss).
 """
 
 from __future__ import annotations
@@ -172,8 +174,97 @@ def _learned_context(backbone: Backbone, n: int, count: int | None, init: str) -
     return nn.Parameter(ctx.to(backbone.device)), ctx.shape[-2]
 
 
+class MultiTaskPromptMethod(PromptMethod):
+    """Shared machinery of the multi-task prompt methods (SoftCPT and the hard-sharing CoOp baseline).
+
+    Subclasses set ``self.prompts`` (one :class:`ClassPrompts` over all classes) in :meth:`_build`
+    and implement :meth:`class_contexts`; this class holds the task split (``tasks``, the
+    ``class_task`` buffer), re-targeting, text encoding (optionally of some rows) and the summed
+    multi-task loss with optional class sampling (config field ``cls_sample_rate``).
+    """
+
+    n_ctx: int
+
+    def _resolve_tasks(self, classnames: list[str], tasks: TaskList) -> TaskList:
+        tasks = tasks or ((self.config.task_name, len(classnames)),)
+        total = sum(n for _, n in tasks)
+        if total != len(classnames):
+            raise ConfigError(f"{self.name}: tasks {list(tasks)} hold {total} classes but {len(classnames)} class "
+                              "names were given")
+        return tasks
+
+    def _build(self, tasks: TaskList, classnames: list[str]) -> None:
+        self.tasks = tasks
+        self.n_tasks = len(tasks)
+        self.prompts = ClassPrompts(self.backbone, classnames, self.n_ctx, self.config.ctx_init or None,
+                                    self.config.class_token_position)
+        owner = torch.repeat_interleave(torch.arange(len(tasks)), torch.tensor([n for _, n in tasks]))
+        self.register_buffer("class_task", owner.to(self.prompts.eot_idx.device), persistent=False)
+
+    def _check_retarget(self, tasks: TaskList, classnames: list[str]) -> None:
+        """Raise :class:`ConfigError` when the learned weights cannot serve ``tasks`` / ``classnames``."""
+
+    def set_classnames(self, classnames: list[str], tasks: Any = None) -> None:
+        """Re-target to other classes (and task names): ``tasks`` as in the config.
+
+        Without ``tasks`` a single-task model takes all ``classnames``; a multi-task model keeps its
+        task split when the class count is unchanged. Task-specific contexts need the same number
+        of tasks, class-specific contexts the same number of classes.
+        """
+        if tasks is None:
+            if self.n_tasks == 1:
+                tasks = ((self.tasks[0][0], len(classnames)),)
+            elif len(classnames) == len(self.classnames):
+                tasks = self.tasks
+            else:
+                raise ConfigError(f"{self.name}: a multi-task model re-targeted to {len(classnames)} classes needs "
+                                  "tasks=[(task_name, num_classes), ...]")
+        tasks = self._resolve_tasks(classnames, normalize_tasks(tasks))
+        self._check_retarget(tasks, classnames)
+        super().set_classnames(classnames)
+        if self.config.tasks or len(tasks) > 1:
+            self.config = dataclasses.replace(self.config, tasks=tasks)
+        self._build(tasks, classnames)
+
+    def class_contexts(self) -> torch.Tensor:
+        """The context of every class prompt: ``(n_cls, L, D_w)`` (or ``(L, D_w)`` when unified)."""
+        raise NotImplementedError
+
+    def raw_text_features(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Class text features ``(n_cls, D)`` (or of ``rows`` only)."""
+        ctx = self.class_contexts()
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
+        if rows is not None:
+            ctx = ctx[rows]
+        eot = self.prompts.eot_idx if rows is None else self.prompts.eot_idx[rows]
+        return self.backbone.encode_text(_assemble_rows(self.prompts, ctx, rows), eot)
+
+    def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """As :meth:`PromptMethod.train_outputs`, plus ``class_mask`` ``(B, n_cls)``: the classes in each
+        sample's label space (its own task, sampled classes only). ``logits`` are ``-inf`` elsewhere."""
+        image = self.image_features_of(batch)
+        y = batch["labels"]
+        keep = None
+        rate = getattr(self.config, "cls_sample_rate", 0.0)
+        if rate > 0 and self.training:
+            keep = sample_classes(y, self.class_task, rate)
+            rows = torch.nonzero(keep).flatten()
+            sub = self.raw_text_features(rows)
+            text = sub.new_zeros(len(self.classnames), sub.shape[-1]).index_copy(0, rows, sub)
+        else:
+            text = self.raw_text_features()
+        mask = own_task_mask(y, self.class_task)
+        if keep is not None:
+            mask = mask & keep.unsqueeze(0)
+        logits = self.logits_from_features(image, F.normalize(text.float(), dim=-1))
+        logits = logits.float().masked_fill(~mask, float("-inf"))
+        ce = F.cross_entropy(logits, y)
+        return {"image": image, "text": text, "logits": logits, "ce": ce, "loss": ce, "class_mask": mask}
+
+
 @register_method
-class SoftCPT(PromptMethod):
+class SoftCPT(MultiTaskPromptMethod):
     """SoftCPT, multi-task prompt tuning with a meta network (every option; defaults = NATA).
 
     Example:
@@ -188,10 +279,9 @@ class SoftCPT(PromptMethod):
     def __init__(self, backbone: Backbone, classnames: list[str], config: SoftCPTConfig) -> None:
         super().__init__(backbone, classnames, config)
         tasks = self._resolve_tasks(classnames, config.tasks)
-        self.n_tasks = len(tasks)
         self.n_ctx = config.n_ctx
         self.task_ctx, self.task_n_ctx = _learned_context(
-            backbone, config.task_n_ctx, self.n_tasks if config.task_csc else None, config.task_ctx_init)
+            backbone, config.task_n_ctx, len(tasks) if config.task_csc else None, config.task_ctx_init)
         self.class_ctx, self.class_n_ctx = None, 0
         if config.class_aware:
             self.class_ctx, self.class_n_ctx = _learned_context(
@@ -201,18 +291,10 @@ class SoftCPT(PromptMethod):
         self.proj = nn.Parameter((torch.randn(in_dim, config.n_ctx * backbone.text_width) * 0.02).to(backbone.device))
         self._build(tasks, classnames)
 
-    # ---------------------------------------------------------------- class / task sets
-    def _resolve_tasks(self, classnames: list[str], tasks: TaskList) -> TaskList:
-        tasks = tasks or ((self.config.task_name, len(classnames)),)
-        total = sum(n for _, n in tasks)
-        if total != len(classnames):
-            raise ConfigError(f"{self.name}: tasks {list(tasks)} hold {total} classes but {len(classnames)} class "
-                              "names were given")
-        return tasks
-
     def _build(self, tasks: TaskList, classnames: list[str]) -> None:
         bb = self.backbone
         self.tasks = tasks
+        self.n_tasks = len(tasks)
         self.task_prompts = ClassPrompts(bb, [t for t, _ in tasks], self.task_n_ctx, self.config.task_ctx_init or None)
         if self.config.class_aware:
             self.class_prompts = ClassPrompts(bb, classnames, self.class_n_ctx, self.config.class_ctx_init or None)
@@ -220,22 +302,7 @@ class SoftCPT(PromptMethod):
         owner = torch.repeat_interleave(torch.arange(len(tasks)), torch.tensor([n for _, n in tasks]))
         self.register_buffer("class_task", owner.to(self.prompts.eot_idx.device), persistent=False)
 
-    def set_classnames(self, classnames: list[str], tasks: Any = None) -> None:
-        """Re-target to other classes (and task names): ``tasks`` as in the config.
-
-        Without ``tasks`` a single-task model takes all ``classnames``; a multi-task model keeps its
-        task split when the class count is unchanged. Task-specific task contexts need the same
-        number of tasks, class-specific class contexts the same number of classes.
-        """
-        if tasks is None:
-            if self.n_tasks == 1:
-                tasks = ((self.tasks[0][0], len(classnames)),)
-            elif len(classnames) == len(self.classnames):
-                tasks = self.tasks
-            else:
-                raise ConfigError(f"{self.name}: a multi-task model re-targeted to {len(classnames)} classes needs "
-                                  "tasks=[(task_name, num_classes), ...]")
-        tasks = self._resolve_tasks(classnames, normalize_tasks(tasks))
+    def _check_retarget(self, tasks: TaskList, classnames: list[str]) -> None:
         if self.config.task_csc and len(tasks) != self.n_tasks:
             raise ConfigError(f"{self.name} with task-specific task context (task_csc) learned {self.n_tasks} task "
                               f"contexts and cannot be re-targeted to {len(tasks)} tasks")
@@ -243,11 +310,6 @@ class SoftCPT(PromptMethod):
             raise ConfigError(f"{self.name} with class-specific class context (class_csc) learned "
                               f"{len(self.classnames)} class contexts and cannot be re-targeted to "
                               f"{len(classnames)} other classes")
-        super().set_classnames(classnames)
-        self.n_tasks = len(tasks)
-        if self.config.tasks or len(tasks) > 1:
-            self.config = dataclasses.replace(self.config, tasks=tasks)
-        self._build(tasks, classnames)
 
     # ---------------------------------------------------------------- meta network
     def _encode(self, prompts: ClassPrompts, ctx: torch.Tensor | None) -> torch.Tensor:
@@ -286,36 +348,6 @@ class SoftCPT(PromptMethod):
         """The context of every class prompt ``(n_cls, L, D_w)``."""
         ctx = self.generated_context()
         return ctx if self.config.class_aware else ctx[self.class_task]
-
-    # ---------------------------------------------------------------- features
-    def raw_text_features(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Class text features ``(n_cls, D)`` (or of ``rows`` only)."""
-        ctx = self.class_contexts()
-        if rows is not None:
-            ctx = ctx[rows]
-        eot = self.prompts.eot_idx if rows is None else self.prompts.eot_idx[rows]
-        return self.backbone.encode_text(_assemble_rows(self.prompts, ctx, rows), eot)
-
-    def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """As :meth:`PromptMethod.train_outputs`, plus ``class_mask`` ``(B, n_cls)``: the classes in each
-        sample's label space (its own task, sampled classes only). ``logits`` are ``-inf`` elsewhere."""
-        image = self.image_features_of(batch)
-        y = batch["labels"]
-        keep = None
-        if self.config.cls_sample_rate > 0 and self.training:
-            keep = sample_classes(y, self.class_task, self.config.cls_sample_rate)
-            rows = torch.nonzero(keep).flatten()
-            sub = self.raw_text_features(rows)
-            text = sub.new_zeros(len(self.classnames), sub.shape[-1]).index_copy(0, rows, sub)
-        else:
-            text = self.raw_text_features()
-        mask = own_task_mask(y, self.class_task)
-        if keep is not None:
-            mask = mask & keep.unsqueeze(0)
-        logits = self.logits_from_features(image, F.normalize(text.float(), dim=-1))
-        logits = logits.float().masked_fill(~mask, float("-inf"))
-        ce = F.cross_entropy(logits, y)
-        return {"image": image, "text": text, "logits": logits, "ce": ce, "loss": ce, "class_mask": mask}
 
 
 @dataclass(frozen=True)
@@ -408,3 +440,66 @@ class SoftCPTCSTS(SoftCPT):
 
     name = "softcpt-csts"
     Config = CSTSConfig
+
+
+# ------------------------------------------------------------------ hard-sharing baseline
+@dataclass(frozen=True)
+class CoOpMTConfig:
+    """Hard-sharing CoOp baselines of the SoftCPT paper (``trainers/mtcoop_hard.py``), trained jointly.
+
+    Attributes:
+        n_ctx: context tokens (16).
+        ctx_init: init phrase ("" = N(0, 0.02²), independent per context).
+        csc: one context per class ("CoOp-CS" trained jointly).
+        task_csc: one context per task (reference ``TSC``); with both off, one context for all classes
+            of all tasks ("CoOp-MT").
+        class_token_position: ``end``, ``middle`` or ``front``.
+        tasks, task_name: the task split, as :class:`SoftCPTConfig`.
+    """
+
+    n_ctx: int = 16
+    ctx_init: str = ""
+    csc: bool = False
+    task_csc: bool = False
+    class_token_position: ClassPosition = "end"
+    tasks: TaskList = ()
+    task_name: str = "image classification"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", normalize_tasks(self.tasks))
+
+
+@register_method
+class CoOpMT(MultiTaskPromptMethod):
+    """CoOp-MT: CoOp contexts hard-shared across a task group (SoftCPT baselines), summed multi-task loss.
+
+    ``task_csc=True`` learns one context per task (jointly), ``csc=True`` one per class.
+
+    Example:
+        >>> model = vp.build_method("coop-mt", bb, group.classnames, tasks=task_structure(group))
+    """
+
+    name = "coop-mt"
+    Config = CoOpMTConfig
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpMTConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        tasks = self._resolve_tasks(classnames, config.tasks)
+        count = len(classnames) if config.csc else len(tasks) if config.task_csc else None
+        self.ctx, self.n_ctx = _learned_context(backbone, config.n_ctx, count, config.ctx_init)
+        if self.ctx is None:
+            raise ConfigError("coop-mt needs n_ctx >= 1 or an init phrase")
+        self._build(tasks, classnames)
+
+    def _check_retarget(self, tasks: TaskList, classnames: list[str]) -> None:
+        if self.config.csc and len(classnames) != len(self.classnames):
+            raise ConfigError(f"{self.name} with class-specific context (csc) learned {len(self.classnames)} "
+                              f"contexts and cannot be re-targeted to {len(classnames)} other classes")
+        if self.config.task_csc and not self.config.csc and len(tasks) != self.n_tasks:
+            raise ConfigError(f"{self.name} with one context per task (task_csc) learned {self.n_tasks} contexts "
+                              f"and cannot be re-targeted to {len(tasks)} tasks")
+
+    def class_contexts(self) -> torch.Tensor:
+        if self.config.csc or not self.config.task_csc:
+            return self.ctx
+        return self.ctx[self.class_task]
