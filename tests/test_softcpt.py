@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vlprompt as vp
+from data_fixtures import make_dtd, make_eurosat
 from vlprompt.cli import main
 from vlprompt.data import is_group_spec, load_task_group, read_split_dk
 from vlprompt.engine.evaluate import task_group_accuracy
@@ -383,6 +385,31 @@ def test_yaml_group_mixes_registered_datasets_and_split_dk(tmp_path, shapes_root
         load_task_group([{"dataset": "imagefolder", "roots": "x"}])
     with pytest.raises(ConfigError, match="no task group"):
         load_task_group("tiny-group/nope", tmp_path / "empty")
+
+
+def test_coop_datasets_in_a_group_default_split_and_split_dk(tmp_path):
+    make_dtd(tmp_path)
+    euro = make_eurosat(tmp_path)
+    (tmp_path / "dtd" / "task_name.txt").write_text("describable texture recognition\n")
+    group = vp.load_dataset("dtd,eurosat", tmp_path, shots=1)
+    dtd, eurosat = group.extra["tasks"]
+    assert (dtd["task_name"], eurosat["task_name"]) == ("describable texture recognition",
+                                                        "satellite image classification")
+    assert group.name == "dtd+eurosat" and (dtd["num_classes"], eurosat["num_classes"]) == (2, 4)
+    # split: dk reads the dataset folder's split_dk file (paths relative to the loader's image folder)
+    zhou = json.loads((euro / "split_zhou_EuroSAT.json").read_text())
+    dk = {split: [[p, [y], [0]] for p, y, _ in zhou[split]] for split in ("train", "val", "test")}
+    dk["test"] = dk["test"][:2]
+    dk["meta"] = {"taskid2cname": [["a", "b", "c", "d"]], "taskid2tname": ["land use"],
+                  "taskid2metric": ["mean_acc"]}
+    (euro / "split_dk_EuroSAT.json").write_text(json.dumps(dk))
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(f"root: {tmp_path}\ntasks:\n  - dtd\n  - {{dataset: eurosat, split: dk}}\n")
+    group = vp.load_dataset(str(cfg), None)
+    info = group.extra["tasks"][1]
+    assert (info["name"], info["task_name"], info["metric"]) == ("eurosat", "land use", "mean_acc")
+    assert group.classnames[2:] == ["a", "b", "c", "d"] and len([s for s in group.test if s.label >= 2]) == 2
+    assert all(Path(s.path).is_file() for s in group.train + group.test)
 
 
 # ------------------------------------------------------------------------- end to end
