@@ -19,14 +19,16 @@ from .api import (  # noqa: E402
     load_backbone,
     load_dataset,
     load_prompt,
+    load_task_group,
     predict,
     save_prompt,
     seed_everything,
+    task_structure,
 )
 from .errors import CheckpointError, ConfigError, DatasetError, VlpromptError  # noqa: E402
 
 __all__ = [
     "CheckpointError", "ConfigError", "DatasetError", "TrainConfig", "VlpromptError", "__version__",
     "build_method", "evaluate", "fit", "load_backbone", "load_dataset", "load_prompt", "predict",
-    "save_prompt", "seed_everything",
+    "save_prompt", "seed_everything", "load_task_group", "task_structure",
 ]

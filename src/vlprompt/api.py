@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 from .backbones import load_backbone
-from .data import load_dataset
+from .data import load_dataset, load_task_group, task_structure
 from .data.images import open_image
 from .data.task import Sample, Task
 from .data.transforms import test_transform
 from .engine.config import TrainConfig
-from .engine.evaluate import evaluate_samples
+from .engine.evaluate import evaluate_samples, evaluate_task_group
 from .engine.features import FeatureCache
 from .engine.precision import autocast, resolve_device, resolve_precision
 from .engine.train import fit, seed_everything
@@ -22,7 +22,7 @@ from .prompt_io import load_prompt, save_prompt
 
 __all__ = [
     "build_method", "evaluate", "fit", "load_backbone", "load_dataset", "load_prompt", "predict",
-    "save_prompt", "seed_everything", "TrainConfig",
+    "save_prompt", "seed_everything", "TrainConfig", "load_task_group", "task_structure",
 ]
 
 
@@ -32,15 +32,20 @@ def evaluate(
 ) -> float:
     """Top-1 accuracy (percent) of ``model`` on ``samples`` (or a task's test split).
 
+    For a task group (:func:`load_task_group`) it is the mean over tasks of the per-task accuracy.
+
     Example:
         >>> acc = vp.evaluate(model, task.test)
     """
+    tasks = samples.extra.get("tasks") if isinstance(samples, Task) else None
     if isinstance(samples, Task):
         samples = samples.test
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model.to(dev)
     cache = FeatureCache(model.backbone, prec, dev, cache_dir, batch_size)
+    if tasks:  # a task group: the mean over tasks of each task's accuracy on its own classes
+        return evaluate_task_group(model, samples, tasks, cache, prec, dev, batch_size)["acc"]
     return evaluate_samples(model, samples, cache, prec, dev, batch_size)["acc"]
 
 

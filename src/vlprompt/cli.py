@@ -1,6 +1,7 @@
 """Command line: a thin layer over the API (``vlprompt --help``).
 
-Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``.
+Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo`` and the
+protocols (``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``).
 User errors print one line (``error: ...``) and exit with status 2.
 """
 
@@ -103,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset")
         _add_backbone_args(p)
         _add_train_args(p)
+
+    p = sub.add_parser("multitask", help="train jointly on a task group (SoftCPT), accuracy per task")
+    p.add_argument("--method", required=True, help="e.g. softcpt-nata, softcpt-nats, softcpt-nata+dept")
+    p.add_argument("--groups", nargs="+", required=True,
+                   help="tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or comma-separated datasets")
+    p.add_argument("--root", default="", help="data root of the groups' datasets (not needed for tiny-group/)")
+    p.add_argument("--shots-list", nargs="+", type=int, default=[16])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--out", required=True)
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--preset", help="paper: SGD lr 0.002, 50 epochs, batch 32")
+    _add_backbone_args(p)
+    _add_train_args(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run, e.g. on the new classes (base → new)")
     p.add_argument("--run", required=True)
@@ -239,6 +253,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
         summary = protocols.base2new(_spec(args), args.datasets, seeds, cache_dir=cache)
     elif args.command == "few-shot":
         summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
+    elif args.command == "multitask":
+        summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds)
     elif args.command == "cross-dataset":
         summary = protocols.cross_dataset(_spec(args, dataset=args.source), args.targets, seeds, cache_dir=cache)
     else:
@@ -278,7 +294,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
     "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
-    "few-shot": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
+    "few-shot": cmd_protocol, "multitask": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
 }
 
 

@@ -45,6 +45,11 @@ PRESETS: dict[str, dict[str, Preset]] = {
     },
 }
 
+# SoftCPT (configs/trainers/MTCoOp/rn50_ep50.yaml): SGD lr 0.002, 50 epochs, batch 32, cosine, 1 warm-up epoch
+for _softcpt in ("softcpt", "softcpt-nata", "softcpt-nats", "softcpt-cata", "softcpt-csta", "softcpt-cats",
+                 "softcpt-csts", "coop-mt"):
+    PRESETS[_softcpt] = {"paper": {"method": {}, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002}}}
+
 
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""

@@ -26,6 +26,7 @@ from .fewshot import (
     subsample_classes,
 )
 from .images import ImageDataset, check_readable
+from .multitask import is_group_spec, load_task_group, read_split_dk, task_structure
 from .registry import canonical_name, get_loader, list_datasets, register_dataset
 from .synthetic import make_image_folder
 from .task import Sample, Task
@@ -45,14 +46,18 @@ __all__ = [
     "check_readable",
     "ensemble_templates",
     "get_loader",
+    "is_group_spec",
     "list_datasets",
     "load_dataset",
+    "load_task_group",
+    "read_split_dk",
     "load_split",
     "make_image_folder",
     "register_dataset",
     "sample_few_shot",
     "save_split",
     "subsample_classes",
+    "task_structure",
     "test_transform",
     "train_transform",
     "transform_id",
@@ -83,6 +88,9 @@ def load_dataset(
         subsample: ``"all"``, ``"base"`` (first ceil(n/2) classes) or ``"new"`` (the rest).
         split_file: a few-shot split saved by :func:`save_split`; used instead of sampling.
 
+    A task group (``"tiny-group/<name>"``, a group ``.yaml``, a ``split_dk_*.json``, ``"a,b"``) is
+    loaded by :func:`~vlprompt.data.multitask.load_task_group` (per-task sampling, global labels).
+
     Raises:
         ConfigError: unknown name, invalid ``shots``/``subsample``, or ``shots`` disagreeing with
             the split file.
@@ -95,6 +103,10 @@ def load_dataset(
     """
     if subsample not in ("all", "base", "new"):
         raise ConfigError(f"subsample={subsample!r} is invalid; expected 'all', 'base' or 'new'")
+    if is_group_spec(name):
+        if split_file is not None:
+            raise ConfigError("split_file is not supported for task groups; few-shot samples are drawn per task")
+        return load_task_group(name, root, shots=shots, seed=seed, subsample=subsample)
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
         raise ConfigError(f"shots={shots!r} is invalid; expected a positive integer or None")
     canonical = canonical_name(name)

@@ -54,3 +54,39 @@ def evaluate_samples(
     correct = int((logits.argmax(-1) == labels).sum()) if len(samples) else 0
     acc = 100.0 * correct / max(len(samples), 1)
     return {"acc": acc, "n": len(samples), "correct": correct, "seconds": time.perf_counter() - start}
+
+
+def task_group_accuracy(logits: torch.Tensor, labels: torch.Tensor, tasks: list[dict]) -> dict[str, float]:
+    """Accuracy (percent) of every task of a group: each sample's argmax runs over its own task's classes.
+
+    ``tasks`` is ``task.extra["tasks"]`` of a group (global labels); a task's ``metric`` is
+    ``overall_acc`` (micro) or ``mean_acc`` (mean of per-class recalls), as the SoftCPT evaluator.
+    """
+    out = {}
+    for t in tasks:
+        lo, hi = t["offset"], t["offset"] + t["num_classes"]
+        rows = (labels >= lo) & (labels < hi)
+        y = labels[rows]
+        pred = logits[rows][:, lo:hi].argmax(-1) + lo
+        correct = (pred == y).float()
+        if not len(y):
+            acc = 0.0
+        elif t.get("metric") == "mean_acc":
+            acc = float(torch.stack([correct[y == c].mean() for c in y.unique()]).mean())
+        else:
+            acc = float(correct.mean())
+        out[t["name"]] = 100.0 * acc
+    return out
+
+
+def evaluate_task_group(
+    model: PromptMethod, samples: list[Sample], tasks: list[dict], cache: FeatureCache, precision: str,
+    device: torch.device, batch_size: int = 100, num_workers: int = 0,
+) -> dict:
+    """Per-task accuracy of a task group (see :func:`task_group_accuracy`); ``acc`` = their unweighted mean."""
+    start = time.perf_counter()
+    logits = predict_logits(model, samples, cache, precision, device, batch_size, num_workers)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    per_task = task_group_accuracy(logits, labels, tasks)
+    acc = sum(per_task.values()) / max(len(per_task), 1)
+    return {"acc": acc, "n": len(samples), "per_task": per_task, "seconds": time.perf_counter() - start}

@@ -31,7 +31,7 @@ from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
 from .config import TrainConfig
 from .distributed import init_from_env, shard, sum_gradients, sum_scalar
-from .evaluate import evaluate_samples
+from .evaluate import evaluate_samples, evaluate_task_group
 from .features import FeatureCache
 from .precision import autocast, resolve_device, resolve_precision
 from .run import RunDir, atomic_write
@@ -80,6 +80,8 @@ def hm(base: float, new: float) -> float:
 
 
 def default_protocol(task: Task) -> str:
+    if task.extra.get("tasks"):
+        return "multitask"
     if task.subsample in ("base", "new"):
         return "base2new"
     return "few-shot" if task.shots else "full"
@@ -198,7 +200,12 @@ def fit(
     if metrics:
         results["final_loss"] = metrics[-1]["loss"]
     if evaluate_test:
-        ev = evaluate_samples(model, task.test, cache, precision, device, cfg.eval_batch_size, cfg.num_workers)
+        if task.extra.get("tasks"):  # a task group: per-task accuracy, acc = mean over tasks
+            ev = evaluate_task_group(model, task.test, task.extra["tasks"], cache, precision, device,
+                                     cfg.eval_batch_size, cfg.num_workers)
+            results["per_task"] = ev["per_task"]
+        else:
+            ev = evaluate_samples(model, task.test, cache, precision, device, cfg.eval_batch_size, cfg.num_workers)
         eval_seconds = ev["seconds"] + test_feature_seconds
         results.update({"acc": ev["acc"], "n_test": ev["n"], "eval_seconds": round(eval_seconds, 3)})
         if task.subsample == "base":

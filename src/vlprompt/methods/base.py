@@ -100,7 +100,8 @@ class PromptMethod(nn.Module):
         Returns a dict with ``image`` (raw image features ``(B, D)``), ``text`` (raw class text
         features ``(n_cls, D)``, or ``(B, n_cls, D)`` for image-conditioned prompts), ``logits``
         (image-text matching logits ``(B, n_cls)``), ``ce`` (their cross-entropy) and ``loss``
-        (the method's full loss: ``ce`` plus its own regularisers, if any).
+        (the method's full loss: ``ce`` plus its own regularisers, if any). Multi-task methods
+        (SoftCPT) add ``class_mask`` ``(B, n_cls)`` bool: the classes in each sample's label space.
         """
         image = self.image_features_of(batch)
         text = self.raw_text_features()

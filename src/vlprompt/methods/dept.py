@@ -109,6 +109,8 @@ class DePT(PromptMethod):
     def head_rows(self) -> list[int] | None:
         """Rows of the CAT head for the current classes: all of them are training classes
         (the training set itself, or a subset such as ImageNet-A/-R of ImageNet), else ``None``."""
+        if self.classnames == self.base_classnames:  # also with repeated names (tasks of a group)
+            return list(range(len(self.base_classnames)))
         index = {c: i for i, c in enumerate(self.base_classnames)}
         if not all(c in index for c in self.classnames):
             return None
@@ -119,8 +121,8 @@ class DePT(PromptMethod):
         """The CAT head applies to the classes it was trained on (or a subset of them)."""
         return self.head_rows is not None
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        self.inner.set_classnames(classnames)
+    def set_classnames(self, classnames: list[str], **options: Any) -> None:
+        self.inner.set_classnames(classnames, **options)  # e.g. tasks= of a multi-task method
         super().set_classnames(classnames)
 
     # ---------------------------------------------------------------- training
@@ -136,6 +138,9 @@ class DePT(PromptMethod):
         text_y = text[y] if text.dim() == 2 else text[torch.arange(len(y), device=y.device), y]
         z_txt = self.cat_logits(text_y, self.film_text)
         z_img = self.cat_logits(out["image"], self.film_img)
+        mask = out.get("class_mask")  # a multi-task method restricts each sample's label space (SoftCPT)
+        if mask is not None:
+            z_txt, z_img = (z.float().masked_fill(~mask, float("-inf")) for z in (z_txt, z_img))
         cat_ce = F.cross_entropy(torch.cat([z_txt, z_img]).float(), torch.cat([y, y]))
         lam = self.dept.dept_weight
         extra = out["loss"] - out["ce"]  # the wrapped method's own regularisers

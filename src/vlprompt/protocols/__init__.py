@@ -1,9 +1,10 @@
-"""Evaluation protocols of the papers: base-to-new, cross-dataset, domain generalisation, few-shot."""
+"""Evaluation protocols of the papers: base-to-new, cross-dataset, domain generalisation, few-shot, multi-task."""
 
 from .base2new import base2new
 from .few_shot import few_shot
+from .multitask import multitask
 from .runs import RunSpec, evaluate_run, train_run
 from .transfer import IMAGENET_SHIFTS, cross_dataset, domain_gen
 
 __all__ = ["IMAGENET_SHIFTS", "RunSpec", "base2new", "cross_dataset", "domain_gen", "evaluate_run", "few_shot",
-           "train_run"]
+           "multitask", "train_run"]

@@ -9,11 +9,12 @@ from typing import Any
 
 from ..backbones import load_backbone
 from ..backbones.base import Backbone
-from ..data import ensemble_templates, load_dataset
+from ..data import ensemble_templates, load_dataset, task_structure
 from ..data.templates import KGCOOP_DTD_TEMPLATE
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
 from ..methods import build_method, get_method_class
+from ..methods.base import config_to_dict
 from ..presets import resolve_preset
 from ..prompt_io import load_prompt
 
@@ -85,6 +86,8 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
         own = KGCOOP_DTD_TEMPLATE if base == "kgcoop" and task.name == "dtd" else task.template
         method_opts.setdefault("template", own)  # KgCoOp's own DTD template differs from CoOp's
+    if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
+        method_opts.setdefault("tasks", task_structure(task))
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
@@ -110,6 +113,10 @@ def evaluate_run(
     bcfg = cfg["backbone"]
     bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
     task = load_dataset(dataset, root, subsample=subsample)
-    model = load_prompt(run.path, bb, classnames=task.classnames)
-    acc = evaluate(model, task.test, device=device, cache_dir=cache_dir)
+    model = load_prompt(run.path, bb)
+    if task.extra.get("tasks") and "tasks" in config_to_dict(model.config):  # multi-task method on a group
+        model.set_classnames(task.classnames, tasks=task_structure(task))
+    else:
+        model.set_classnames(task.classnames)
+    acc = evaluate(model, task, device=device, cache_dir=cache_dir)
     return {"dataset": task.name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}
