@@ -27,6 +27,8 @@ from .protocols.runs import train_run
 #: Methods of the demo, in table order. ``linear-probe`` reports base accuracy only.
 DEMO_METHODS: tuple[str, ...] = ("zeroshot", "linear-probe", "coop", "cocoop", "kgcoop", "maple")
 BASE_ONLY = frozenset({"linear-probe"})
+#: Method options of the demo: MaPLe's depth 9 exceeds tiny-clip's 3 text layers (prompts in all 3).
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {"maple": {"prompt_depth": 3}}
 
 
 def demo_tasks() -> list[str]:
@@ -58,8 +60,9 @@ def run_demo(
     for method in methods:
         t0 = time.perf_counter()
         preset = "dept" if method.split("+")[0] in PRESETS else None
+        options = dict(DEMO_OPTIONS.get(method.split("+")[0], {})) if backbone == "tiny-clip" else {}
         spec = RunSpec(method, "", root, out=str(out / method), backbone=backbone, weights=weights, shots=shots,
-                       preset=preset, train_options=dict(train))
+                       preset=preset, train_options=dict(train), method_options=options)
         if method in BASE_ONLY:
             for t in tasks:
                 res = train_run(RunSpec(method, t, root, out=str(out / method / t / f"seed{seed}"), backbone=backbone,
