@@ -104,12 +104,11 @@ def load_tiny_task(name: str, root: str | os.PathLike[str] | None = None) -> Tas
     if spec.fmt == "vtab":  # the VTAB-1k loader's code path (vlprompt.data.vtab)
         extra["mask_dir"] = None
         return vtab_task_from_lists(f"tiny/{name}", tdir, classnames, template, extra)
-    else:
-        split_file = tdir / f"split_zhou_{spec.display}.json"
-        entries = read_split_entries(split_file)
-        image_dir = tdir / "images"
-        splits = {sp: entries_to_samples(items, image_dir, classnames) for sp, items in entries.items()}
-        extra.update(mask_dir=str(tdir / "mask"), split_file=str(split_file))
+    split_file = tdir / f"split_zhou_{spec.display}.json"
+    entries = read_split_entries(split_file)
+    image_dir = tdir / "images"
+    splits = {sp: entries_to_samples(items, image_dir, classnames) for sp, items in entries.items()}
+    extra.update(mask_dir=str(tdir / "mask"), split_file=str(split_file))
     return Task(name=f"tiny/{name}", classnames=classnames, template=template, train=splits["train"],
                 val=splits["val"], test=splits["test"], root=tdir, image_dir=image_dir, extra=extra)
 
