@@ -237,3 +237,16 @@ def test_no_tune_needs_one_pair(tmp_path):
     spec = RunSpec("coop", "", ".", out=str(tmp_path), shots=None)
     with pytest.raises(ConfigError, match="exactly one"):
         vtab(spec, ["tiny/vtab_eurosat"], lrs=[1.0, 2.0], wds=[0.0], tune=False)
+
+
+def test_train_command_split_option(tmp_path, shapes_root, cache_dir, capsys):
+    make_vtab(tmp_path, "eurosat", 10)
+    out = tmp_path / "run"
+    argv = ["train", "--method", "zeroshot", "--dataset", "vtab/eurosat", "--root", str(tmp_path), "--out", str(out),
+            "--split", "tune", "--cache-dir", cache_dir]
+    assert main(argv) == 0
+    res = RunDir(out).read_results()
+    assert res["n_test"] == VTAB_COUNTS["val200"] and res["dataset"] == "vtab/eurosat"
+    assert main(["train", "--method", "zeroshot", "--dataset", "imagefolder", "--root", str(shapes_root),
+                 "--out", str(tmp_path / "r2"), "--split", "final", "--cache-dir", cache_dir]) == 2
+    assert "no protocol splits" in capsys.readouterr().err

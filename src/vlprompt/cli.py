@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, help="K images per class (few-shot); default: all")
     p.add_argument("--subsample", default="all", choices=["all", "base", "new"])
     p.add_argument("--split-file", help="a stored few-shot split (split.json) to use instead of sampling")
+    p.add_argument("--split", choices=["tune", "final"],
+                   help="VTAB-1k / FGVC stage: tune = train800 -> val200, final = train800val200 -> test")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
     p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
@@ -192,6 +194,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "backbone": args.backbone, "weights": args.weights, "trust_checkpoint": args.trust_checkpoint,
         "preset": args.preset, "method_options": _parse_options(args.opt), "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
+        "split": getattr(args, "split", None),
     }
     fields.update(overrides)
     fields["train_options"].pop("seed", None)
