@@ -250,3 +250,15 @@ def test_train_command_split_option(tmp_path, shapes_root, cache_dir, capsys):
     assert main(["train", "--method", "zeroshot", "--dataset", "imagefolder", "--root", str(shapes_root),
                  "--out", str(tmp_path / "r2"), "--split", "final", "--cache-dir", cache_dir]) == 2
     assert "no protocol splits" in capsys.readouterr().err
+
+
+def test_folders_of_other_datasets_are_not_taken(tmp_path):
+    (tmp_path / "eurosat" / "2750").mkdir(parents=True)  # CoOp's EuroSAT folder, same name as the VTAB task
+    with pytest.raises(DatasetError, match="vtab-1k/eurosat"):
+        load_dataset("vtab/eurosat", tmp_path)
+    dtd = make_vtab(tmp_path, "dtd", 47)
+    with pytest.raises(DatasetError, match="'svhn' not found"):
+        load_dataset("vtab/svhn", dtd)  # another task's folder
+    cub = FGVC_BUILDERS["fgvc/cub"](tmp_path)
+    with pytest.raises(DatasetError, match="Stanford Dogs"):
+        load_dataset("fgvc/stanford_dogs", cub)

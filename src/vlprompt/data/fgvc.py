@@ -97,7 +97,8 @@ def find_fgvc_dir(spec: FgvcSpec, root: str | os.PathLike[str]) -> Path:
         for folder in spec.folders:
             if (parent / folder / "train.json").is_file():
                 return parent / folder
-    if (base / "train.json").is_file():
+    others = {f for o in FGVC_TASKS if o is not spec for f in o.folders}
+    if (base / "train.json").is_file() and (base.name in spec.folders or base.name not in others):
         return base
     what = "does not exist" if not base.exists() else f"holds no '{spec.folders[0]}/train.json'"
     raise DatasetError(

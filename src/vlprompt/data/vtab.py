@@ -269,7 +269,7 @@ def vtab_task_from_lists(
     """
     display = display or name
     lists = read_vtab_lists(task_dir, classnames, display)
-    check_some_exist({k: lists[k] for k in ("train800val200", "test")}, display, task_dir)
+    check_some_exist(lists, display, task_dir)
     info = {"vtab_lists": lists, "vtab_group": vtab_group(name), "format": "vtab", **(extra or {})}
     return Task(name=name, classnames=list(classnames), template=template, train=list(lists["train800"]),
                 val=list(lists["val200"]), test=list(lists["test"]), root=task_dir, image_dir=task_dir, extra=info)
@@ -282,11 +282,13 @@ def find_vtab_task_dir(root: str | os.PathLike[str], folder: str) -> Path:
         DatasetError: none of them holds a VTAB-1k task; the message shows the expected layout.
     """
     base = abspath(root)
-    candidates = [base / d / folder for d in VTAB_DIRS] + [base / folder]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand
-    if base.is_dir() and (base.name == folder or (base / "train800.txt").is_file()):
+    for d in VTAB_DIRS:
+        if (base / d / folder).is_dir():
+            return base / d / folder
+    if (base / folder / "train800.txt").is_file():  # $DATA/<task>/ (a same-named CoOp folder is skipped)
+        return base / folder
+    other_task = base.name in VTAB_BY_FOLDER and base.name != folder  # e.g. vtab-1k/dtd given for vtab/svhn
+    if base.is_dir() and (base.name == folder or ((base / "train800.txt").is_file() and not other_task)):
         return base
     what = "does not exist" if not base.exists() else f"holds no 'vtab-1k/{folder}/' folder"
     raise DatasetError(
