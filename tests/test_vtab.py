@@ -233,6 +233,12 @@ def test_vtab_protocol_end_to_end_and_skips_done_runs(tiny_vtab_root, tmp_path, 
     assert again["overall"] == s["overall"]
 
 
+def test_cli_rejects_lr_outside_the_grid(tmp_path, capsys):
+    assert main(["vtab", "--method", "coop", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
+                 "--lr", "0.1"]) == 2
+    assert "--lrs" in capsys.readouterr().err
+
+
 def test_no_tune_needs_one_pair(tmp_path):
     spec = RunSpec("coop", "", ".", out=str(tmp_path), shots=None)
     with pytest.raises(ConfigError, match="exactly one"):

@@ -263,6 +263,9 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 def cmd_vtab(args: argparse.Namespace) -> None:
     from .protocols.vtab import VTAB_SEEDS, WDS, vtab
 
+    if args.lr is not None or args.weight_decay is not None:
+        raise ConfigError("vtab: the learning rate and weight decay come from the grid; use --lrs and --wds "
+                          "(with --no-tune for one fixed pair) instead of --lr / --weight-decay")
     summary = vtab(_spec(args, shots=None), args.datasets, lrs=args.lrs, wds=args.wds or WDS,
                    seeds=args.seeds or VTAB_SEEDS, scale_lr=not args.no_lr_scale, tune=not args.no_tune,
                    tune_seed=args.tune_seed)

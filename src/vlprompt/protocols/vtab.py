@@ -247,8 +247,7 @@ def vtab(
         raise ConfigError("vtab: no seeds given; expected e.g. 42 44 82 100 800")
     choices: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
-    for ds in datasets:
-        name = canonical_name(ds)
+    for name in dict.fromkeys(canonical_name(ds) for ds in datasets):  # unknown names fail before any run
         if tune:
             best = tune_task(template, name, lrs, wds, seed=seeds[0] if tune_seed is None else tune_seed,
                              scale_lr=scale_lr)["best"]
