@@ -1,7 +1,7 @@
 """Command line: a thin layer over the API (``vlprompt --help``).
 
-Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo`` and the
-protocols (``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``).
+Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``, the protocols
+(``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``, ``vtab``), ``sweep``, ``report``.
 User errors print one line (``error: ...``) and exit with status 2.
 """
 
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, help="K images per class (few-shot); default: all")
     p.add_argument("--subsample", default="all", choices=["all", "base", "new"])
     p.add_argument("--split-file", help="a stored few-shot split (split.json) to use instead of sampling")
+    p.add_argument("--split", choices=["tune", "final"],
+                   help="VTAB-1k / FGVC stage: tune = train800 -> val200, final = train800val200 -> test")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
     p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
@@ -115,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset", help="paper: SGD lr 0.002, 50 epochs, batch 32")
+    _add_backbone_args(p)
+    _add_train_args(p)
+
+    p = sub.add_parser("vtab", help="VTAB-1k / FGVC: lr x wd grid on train800 -> val200, then seeds on "
+                                    "train800val200 -> test; per-task, group and overall means")
+    p.add_argument("--method", required=True)
+    p.add_argument("--datasets", nargs="+", required=True, help="vtab/<task>, fgvc/<name> or tiny/vtab_* names")
+    p.add_argument("--root", default=".", help="data root ($DATA) holding vtab-1k/ and the FGVC folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--lrs", nargs="+", type=float, help="base lrs of the grid (default: VPT's 50 ... 0.05)")
+    p.add_argument("--wds", nargs="+", type=float, help="weight decays of the grid (default: 0.01 0.001 0.0001 0)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds of the final runs (default: 42 44 82 100 800)")
+    p.add_argument("--tune-seed", type=int, help="seed of the grid runs (default: the first final seed)")
+    p.add_argument("--no-lr-scale", action="store_true", help="use the base lr as is (VPT: lr x batch / 256)")
+    p.add_argument("--no-tune", action="store_true", help="skip the grid: one --lrs and one --wds value")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--preset")
     _add_backbone_args(p)
     _add_train_args(p)
 
@@ -195,6 +214,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "backbone": args.backbone, "weights": args.weights, "trust_checkpoint": args.trust_checkpoint,
         "preset": args.preset, "method_options": _parse_options(args.opt), "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
+        "split": getattr(args, "split", None),
     }
     fields.update(overrides)
     fields["train_options"].pop("seed", None)
@@ -262,6 +282,19 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
 
 
+def cmd_vtab(args: argparse.Namespace) -> None:
+    from .protocols.vtab import VTAB_SEEDS, WDS, vtab
+
+    if args.lr is not None or args.weight_decay is not None:
+        raise ConfigError("vtab: the learning rate and weight decay come from the grid; use --lrs and --wds "
+                          "(with --no-tune for one fixed pair) instead of --lr / --weight-decay")
+    summary = vtab(_spec(args, shots=None), args.datasets, lrs=args.lrs, wds=args.wds or WDS,
+                   seeds=args.seeds or VTAB_SEEDS, scale_lr=not args.no_lr_scale, tune=not args.no_tune,
+                   tune_seed=args.tune_seed)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "rows")}, indent=2))
+    print(f"tables: {Path(args.out) / 'vtab.md'}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     import vlprompt as vp
 
@@ -295,6 +328,7 @@ COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
     "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
     "few-shot": cmd_protocol, "multitask": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
+    "vtab": cmd_vtab,
 }
 
 

@@ -2,7 +2,9 @@
 
 Importing this package registers every dataset: the 11 CoOp benchmarks (ImageNet, Caltech101,
 OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101), the
-4 ImageNet variants (V2, Sketch, A, R) and the generic ``imagefolder`` and ``csv`` datasets.
+4 ImageNet variants (V2, Sketch, A, R), the 19 VTAB-1k tasks (``vtab/<task>``), the 5 FGVC datasets
+of VPT (``fgvc/<name>``), the tiny suite (``tiny/<task>``) and the generic ``imagefolder`` and ``csv``
+datasets.
 
 Example:
     >>> from vlprompt.data import load_dataset, ImageDataset, test_transform
@@ -16,7 +18,7 @@ import os
 
 from vlprompt.errors import ConfigError
 
-from . import coop_datasets, custom, imagenet, tiny  # noqa: F401  (registers the datasets)
+from . import coop_datasets, custom, fgvc, imagenet, tiny, vtab  # noqa: F401  (registers the datasets)
 from .fewshot import (
     apply_few_shot,
     load_split,
@@ -71,6 +73,7 @@ def load_dataset(
     seed: int = 1,
     subsample: str = "all",
     split_file: str | os.PathLike[str] | None = None,
+    split: str | None = None,
 ) -> Task:
     """Load a registered dataset, optionally few-shot sampled and class-subsampled.
 
@@ -87,6 +90,9 @@ def load_dataset(
         seed: seed of the few-shot sample.
         subsample: ``"all"``, ``"base"`` (first ceil(n/2) classes) or ``"new"`` (the rest).
         split_file: a few-shot split saved by :func:`save_split`; used instead of sampling.
+        split: VTAB-1k / FGVC protocol stage (applied first): ``"tune"`` (train800 → val200; FGVC
+            train → val) or ``"final"`` (train800val200 → test; FGVC train → test); see
+            :func:`vlprompt.data.vtab.select_split`.
 
     A task group (``"tiny-group/<name>"``, a group ``.yaml``, a ``split_dk_*.json``, ``"a,b"``) is
     loaded by :func:`~vlprompt.data.multitask.load_task_group` (per-task sampling, global labels).
@@ -112,6 +118,8 @@ def load_dataset(
     canonical = canonical_name(name)
     task = get_loader(name)(root)
     task.name = canonical
+    if split is not None:
+        task = vtab.select_split(task, split)
     task.seed = seed
     if split_file is not None:
         stored = read_split_meta(split_file).get("shots")

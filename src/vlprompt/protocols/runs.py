@@ -32,6 +32,8 @@ class RunSpec:
         preset: a named paper configuration (:mod:`vlprompt.presets`); explicit options win.
         method_options, train_options: explicit options.
         split_file: a stored few-shot sample to use instead of sampling.
+        split: VTAB-1k / FGVC protocol stage, ``"tune"`` or ``"final"`` (see ``load_dataset``).
+        protocol: recorded as ``protocol`` in ``results.json`` (default: derived from the task).
     """
 
     method: str
@@ -49,6 +51,8 @@ class RunSpec:
     train_options: dict[str, Any] = field(default_factory=dict)
     split_file: str | None = None
     device: str = "auto"
+    split: str | None = None
+    protocol: str | None = None
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -81,7 +85,7 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     method_opts = {**preset["method"], **spec.method_options}
     train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
-                        split_file=spec.split_file)
+                        split_file=spec.split_file, split=spec.split)
     fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}
     if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
         own = KGCOOP_DTD_TEMPLATE if base == "kgcoop" and task.name == "dtd" else task.template
@@ -94,7 +98,7 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     seed_everything(spec.seed)
     model = build_method(spec.method, bb, task.classnames, **method_opts)
     train_opts.setdefault("device", spec.device)
-    return fit(model, task, run_dir=spec.out, **train_opts)
+    return fit(model, task, run_dir=spec.out, protocol=spec.protocol, **train_opts)
 
 
 def evaluate_run(
