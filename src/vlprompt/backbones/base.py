@@ -90,6 +90,8 @@ class Backbone(nn.Module):
         context_length: maximum number of text tokens.
         n_text_layers, n_vision_layers: number of transformer blocks (0 for CNN towers).
         supports_visual_prompts: whether :class:`VisualPrompts` are accepted.
+        patch_size: side of a ViT patch in pixels (``None`` for CNN towers); VPT's prompt
+            initialisation uses it.
     """
 
     name: str
@@ -102,6 +104,7 @@ class Backbone(nn.Module):
     n_text_layers: int
     n_vision_layers: int
     supports_visual_prompts: bool
+    patch_size: int | None = None
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)
