@@ -92,6 +92,7 @@ class Backbone(nn.Module):
         supports_visual_prompts: whether :class:`VisualPrompts` are accepted.
         patch_size: side of a ViT patch in pixels (``None`` for CNN towers); VPT's prompt
             initialisation uses it.
+        vision_heads: attention heads of the image transformer (``None`` for CNN towers).
     """
 
     name: str
@@ -105,6 +106,7 @@ class Backbone(nn.Module):
     n_vision_layers: int
     supports_visual_prompts: bool
     patch_size: int | None = None
+    vision_heads: int | None = None
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)

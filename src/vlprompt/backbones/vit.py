@@ -51,7 +51,7 @@ _MAX_LISTED = 5
 class TimmViTBackbone(Backbone):
     """A frozen timm ``VisionTransformer`` exposed through vlprompt's image seams (no text tower).
 
-    Attributes beyond :class:`Backbone`: ``patch_size``, ``num_prefix_tokens`` (CLS + register
+    Attributes beyond :class:`Backbone`: ``num_prefix_tokens`` (CLS + register
     tokens), ``image_mean`` / ``image_std`` (the normalisation of timm's pretrained config)
     and ``model_kwargs`` (extra ``create_model`` arguments).
 
@@ -84,6 +84,7 @@ class TimmViTBackbone(Backbone):
         self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
         self.patch_size = int(pe.patch_size[0])
         self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.vision_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else None
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
         self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
