@@ -95,6 +95,15 @@ def test_kv_prompts_against_hand_attention():
     assert not torch.allclose(plain, prompted)
 
 
+def test_image_normalisation_follows_the_weights(tiny_bb):
+    from vlprompt.data.transforms import CLIP_MEAN, CLIP_STD, image_norm, transform_id
+
+    bb = _tiny()
+    assert image_norm(bb) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's pretrained config of this model
+    assert image_norm(tiny_bb) == (CLIP_MEAN, CLIP_STD)
+    assert transform_id("test", 32, *image_norm(bb)) != transform_id("test", 32)
+
+
 def test_text_side_is_refused():
     bb = _tiny()
     with pytest.raises(ConfigError, match="image-only backbone"):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from ..data.images import ImageDataset
 from ..data.task import Task
-from ..data.transforms import test_transform
+from ..data.transforms import image_norm, test_transform
 from ..engine.evaluate import evaluate_samples
 from ..engine.features import FeatureCache
 from ..engine.precision import resolve_device, resolve_precision
@@ -37,7 +37,8 @@ from ..methods.e2vpt import E2VPT, PRUNE_LEVELS, importance_scores, masks_for_le
 
 
 def _score_batches(model: E2VPT, task: Task, batch_size: int, device: torch.device):
-    loader = DataLoader(ImageDataset(task.train, test_transform(model.backbone.image_size)), batch_size=batch_size)
+    tf = test_transform(model.backbone.image_size, *image_norm(model.backbone))
+    loader = DataLoader(ImageDataset(task.train, tf), batch_size=batch_size)
     for images, labels, _ in loader:
         yield {"images": images.to(device), "labels": labels.to(device)}
 
