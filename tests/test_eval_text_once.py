@@ -17,7 +17,10 @@ OPTIONS = {"maple": {"prompt_depth": 2}}
 
 
 def _names() -> list[str]:
+    from vlprompt.methods import get_method_class
+
     bases = [n for n in list_methods() if not n.startswith("+") and n not in PER_IMAGE | NO_TEXT]
+    bases = [n for n in bases if getattr(get_method_class(n), "has_text_side", True)]  # vision classifiers
     return bases + [f"{b}+dept" for b in bases]
 
 

@@ -10,7 +10,7 @@ from .backbones import load_backbone
 from .data import load_dataset, load_task_group, task_structure
 from .data.images import open_image
 from .data.task import Sample, Task
-from .data.transforms import test_transform
+from .data.transforms import image_norm, test_transform
 from .engine.config import TrainConfig
 from .engine.evaluate import evaluate_samples, evaluate_task_group
 from .engine.features import FeatureCache
@@ -62,7 +62,7 @@ def predict(
     dev = resolve_device(device)
     prec = resolve_precision("auto", dev)
     model.to(dev).eval()
-    tf = test_transform(model.backbone.image_size)
+    tf = test_transform(model.backbone.image_size, *image_norm(model.backbone))
     batch = torch.stack([tf(open_image(Sample(str(p), -1), "predict")) for p in images]).to(dev)
     with autocast(prec, dev):
         logits = model(batch).float()

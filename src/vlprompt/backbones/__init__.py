@@ -9,14 +9,16 @@ from pathlib import Path
 import open_clip
 import torch
 
+from ..errors import ConfigError
 from .base import Backbone, ImageOutput, KVPrompt, VisualPrompts
 from .checkpoints import build_model, convert_checkpoint, file_sha256, read_checkpoint
 from .clip import ClipBackbone
 from .configs import register_configs
+from .vit import TimmViTBackbone, load_timm_backbone
 
 __all__ = [
-    "Backbone", "ClipBackbone", "ImageOutput", "KVPrompt", "VisualPrompts", "convert_checkpoint",
-    "embedded_weights", "load_backbone", "read_checkpoint",
+    "Backbone", "ClipBackbone", "ImageOutput", "KVPrompt", "TimmViTBackbone", "VisualPrompts",
+    "convert_checkpoint", "embedded_weights", "load_backbone", "read_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,13 +42,16 @@ def load_backbone(
     device: str | torch.device = "cpu",
     force_quick_gelu: bool | None = None,
     seed: int = 0,
+    model_kwargs: dict | None = None,
 ) -> Backbone:
-    """Load a frozen backbone by open_clip architecture name.
+    """Load a frozen backbone by open_clip architecture name (or ``"timm:<name>"``).
 
     Args:
-        name: any open_clip architecture (``"ViT-B-16"``, ``"RN50"`` ...) or vlprompt's
+        name: any open_clip architecture (``"ViT-B-16"``, ``"RN50"`` ...), vlprompt's
             ``"tiny-clip"`` (its weights ship inside the package; until they do, it is
-            randomly initialised).
+            randomly initialised), or ``"timm:<timm ViT name>"`` for an image-only timm
+            ViT (``"timm:vit_base_patch16_224.augreg_in21k"``; see :mod:`vlprompt.backbones.vit`:
+            timm ``.safetensors`` / ``.pth`` state dicts and Google ``.npz`` weights).
         weights: checkpoint file: ``.safetensors``, an open_clip state dict (``.pt``/``.bin``)
             or an OpenAI CLIP TorchScript archive. Without weights the model is randomly
             initialised with ``seed`` (useful for tests and speed benchmarks).
@@ -54,11 +59,19 @@ def load_backbone(
         device: where to put the model.
         force_quick_gelu: see :func:`vlprompt.backbones.checkpoints.build_model`.
         seed: seed of the random initialisation when there are no weights.
+        model_kwargs: extra ``timm.create_model`` arguments (timm backbones only), e.g.
+            ``{"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}``.
 
     Example:
         >>> bb = load_backbone("tiny-clip")
         >>> bb = load_backbone("ViT-B-16", weights="ViT-B-16.pt", trust_checkpoint=True)
+        >>> bb = load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
     """
+    if name.startswith("timm:"):
+        bb = load_timm_backbone(name, weights, trust_checkpoint=trust_checkpoint, seed=seed, model_kwargs=model_kwargs)
+        return bb.to(device)
+    if model_kwargs:
+        raise ConfigError(f"model_kwargs apply to timm backbones only, not {name!r}")
     register_configs()
     if weights is None:
         weights = embedded_weights(name)

@@ -90,6 +90,11 @@ class Backbone(nn.Module):
         context_length: maximum number of text tokens.
         n_text_layers, n_vision_layers: number of transformer blocks (0 for CNN towers).
         supports_visual_prompts: whether :class:`VisualPrompts` are accepted.
+        patch_size: side of a ViT patch in pixels (``None`` for CNN towers); VPT's prompt
+            initialisation uses it.
+        vision_heads: attention heads of the image transformer (``None`` for CNN towers).
+        image_mean, image_std: input normalisation the weights expect (``None``: CLIP's); the
+            engine's transforms read them through :func:`vlprompt.data.transforms.image_norm`.
     """
 
     name: str
@@ -102,6 +107,10 @@ class Backbone(nn.Module):
     n_text_layers: int
     n_vision_layers: int
     supports_visual_prompts: bool
+    patch_size: int | None = None
+    vision_heads: int | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)

@@ -1,7 +1,7 @@
 """The one per-layer loop that every prompt method goes through.
 
-It runs a backbone's own transformer blocks (open_clip ``ResidualAttentionBlock``) one by
-one and, between blocks, does the prompt surgery the methods ask for:
+It runs a backbone's own transformer blocks (open_clip ``ResidualAttentionBlock``, timm
+``Block``) one by one and, between blocks, does the prompt surgery the methods ask for:
 
 * ``replace[k] = (start, tokens)``: before block ``k`` the positions ``start:start+P`` are
   replaced by ``tokens`` (deep prompts of MaPLe / VPT-deep / deep language prompting);
@@ -12,7 +12,9 @@ Standard open_clip blocks (pre-norm, packed ``nn.MultiheadAttention``) are evalu
 their own parameters by :func:`block_forward`, which keeps the batch-first layout in the
 projections (several times faster under bf16 on CPU) and takes key/value prompts; with no
 prompts it equals the block's own forward to float rounding (tested ≤ 1e-5 against
-open_clip). Other block types are called as-is.
+open_clip). timm ``Block`` s (fused ``attn.qkv`` Linear, optional q/k norms) are called as-is
+and, only when a layer has key/value prompts, evaluated by :func:`timm_block_forward` with
+their own parameters. Other block types are called as-is and refuse key/value prompts.
 """
 
 from __future__ import annotations
@@ -84,6 +86,60 @@ def block_forward(
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def is_timm_block(block: nn.Module) -> bool:
+    """Whether ``block`` is timm's pre-norm ViT ``Block`` over its standard ``Attention``.
+
+    Checked by type name and module (no timm import here): subclasses and other block types
+    (``ResPostBlock``, parallel blocks, rotary attention) have different maths.
+    """
+    attn = getattr(block, "attn", None)
+    return (
+        type(block).__name__ == "Block" and type(block).__module__.startswith("timm.")
+        and type(attn).__name__ == "Attention" and type(attn).__module__.startswith("timm.")
+        and isinstance(getattr(attn, "qkv", None), nn.Linear) and isinstance(getattr(attn, "proj", None), nn.Linear)
+    )
+
+
+def timm_attention_with_kv(
+    attn: nn.Module, h: torch.Tensor, kv: KVPrompt | None, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """timm ``Attention`` on ``h`` (B, L, D) with key/value prompts prepended in head space.
+
+    Same maths as timm's forward (fused qkv, ``q_norm`` / ``k_norm``, scale, optional output
+    norm and gate, ``proj``); the prompts ``(P, H·d_h)`` are split into heads and prepended
+    to the (normalised) keys and values, so queries and the sequence length are unchanged.
+    """
+    b, length, _ = h.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    gate = getattr(attn, "gate", None)
+    gate = gate(h).sigmoid() if gate is not None else None
+    q, k, v = attn.qkv(h).reshape(b, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    mask = attn_mask
+    if kv is not None:
+        def split(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            t = _batched(t, b).to(like.dtype)
+            return t.reshape(b, t.shape[1], heads, head_dim).transpose(1, 2)
+
+        k = torch.cat([split(kv.key, k), k], dim=2)
+        v = torch.cat([split(kv.value, v), v], dim=2)
+        if attn_mask is not None:
+            mask = F.pad(attn_mask.to(q.dtype), (k.shape[2] - length, 0), value=0.0)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
+    o = attn.norm(o.transpose(1, 2).reshape(b, length, heads * head_dim))
+    if gate is not None:
+        o = o * gate
+    return attn.proj_drop(attn.proj(o))
+
+
+def timm_block_forward(
+    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv: KVPrompt | None = None
+) -> torch.Tensor:
+    """One timm ViT ``Block`` (pre-norm, layer scale, drop path) with key/value prompts."""
+    x = x + block.drop_path1(block.ls1(timm_attention_with_kv(block.attn, block.norm1(x), kv, attn_mask)))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
 def run_blocks(
     blocks: nn.ModuleList,
     x: torch.Tensor,
@@ -114,8 +170,13 @@ def run_blocks(
             layer_kv = None
         if has_plain_attention(block):
             x = block_forward(block, x, attn_mask, layer_kv)
+        elif layer_kv is not None and is_timm_block(block):
+            x = timm_block_forward(block, x, attn_mask, layer_kv)
         elif layer_kv is not None:
-            raise ConfigError("key/value prompts need blocks built on torch.nn.MultiheadAttention")
+            raise ConfigError(
+                "key/value prompts need open_clip blocks on torch.nn.MultiheadAttention or timm ViT blocks; "
+                f"got {type(block).__name__}"
+            )
         elif batch_first:
             x = block(x, attn_mask=attn_mask)
         else:

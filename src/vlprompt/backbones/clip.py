@@ -64,9 +64,13 @@ class ClipBackbone(Backbone):
         if self.is_vit:
             self.vision_width = int(visual.conv1.out_channels)
             self.n_vision_layers = len(visual.transformer.resblocks)
+            self.patch_size = int(visual.conv1.kernel_size[0])
+            self.vision_heads = int(visual.transformer.resblocks[0].attn.num_heads)
         else:
             self.vision_width = None
             self.n_vision_layers = 0
+            self.patch_size = None
+            self.vision_heads = None
         self.supports_visual_prompts = self.is_vit
 
     # ---------------------------------------------------------------- text

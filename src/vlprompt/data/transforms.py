@@ -100,6 +100,17 @@ def _check_augment(augment: str) -> None:
         raise ConfigError(f"augmentation policy {augment!r} is unknown; expected one of {', '.join(AUGMENTS)}")
 
 
+def image_norm(backbone: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` the backbone's weights expect: its ``image_mean`` / ``image_std``, else CLIP's.
+
+    Example:
+        >>> test_transform(bb.image_size, *image_norm(bb))
+    """
+    mean = getattr(backbone, "image_mean", None) or CLIP_MEAN
+    std = getattr(backbone, "image_std", None) or CLIP_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
 def _check_kind(kind: str) -> None:
     if kind not in TRANSFORM_KINDS:
         raise ConfigError(f"transform kind {kind!r} is unknown; expected 'train' or 'test'")

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..data.images import ImageDataset
 from ..data.task import Sample
-from ..data.transforms import test_transform
+from ..data.transforms import image_norm, test_transform
 from ..methods.base import PromptMethod
 from .features import FeatureCache
 from .precision import autocast
@@ -32,7 +32,7 @@ def predict_logits(
                 out.append(model.logits_from_features(f, text).float().cpu())
     else:
         loader = DataLoader(
-            ImageDataset(samples, test_transform(model.backbone.image_size)),
+            ImageDataset(samples, test_transform(model.backbone.image_size, *image_norm(model.backbone))),
             batch_size=batch_size, shuffle=False, num_workers=num_workers,
         )
         with autocast(precision, device):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from ..backbones.base import Backbone
 from ..data.images import ImageDataset
 from ..data.task import Sample
-from ..data.transforms import test_transform, train_transform, transform_id
+from ..data.transforms import image_norm, test_transform, train_transform, transform_id
 from .precision import autocast
 
 
@@ -63,7 +63,7 @@ class FeatureCache:
         desc = {
             "backbone": self.backbone.name,
             "weights": self.backbone.weights_id,
-            "transform": transform_id(kind, self.backbone.image_size, augment=augment),
+            "transform": transform_id(kind, self.backbone.image_size, *image_norm(self.backbone), augment=augment),
             "view": view if kind == "train" else 0,
             "seed": seed if kind == "train" else 0,
             "precision": self.precision,
@@ -101,7 +101,8 @@ class FeatureCache:
     def _compute(self, samples: list[Sample], kind: str, view: int, seed: int, augment: str) -> torch.Tensor:
         self.computed += 1
         size = self.backbone.image_size
-        tf = train_transform(size, augment=augment) if kind == "train" else test_transform(size)
+        norm = image_norm(self.backbone)
+        tf = train_transform(size, *norm, augment=augment) if kind == "train" else test_transform(size, *norm)
         gen = torch.Generator().manual_seed(1_000_003 * seed + view)
         loader = DataLoader(
             ImageDataset(samples, tf), batch_size=self.batch_size, shuffle=False,

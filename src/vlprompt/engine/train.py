@@ -25,7 +25,7 @@ from .. import __version__
 from ..data.images import ImageDataset, check_readable
 from ..data.splitfile import relative_entry
 from ..data.task import Task
-from ..data.transforms import train_transform
+from ..data.transforms import image_norm, train_transform
 from ..errors import ConfigError
 from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
@@ -278,7 +278,8 @@ def _train_epochs(
     if cached:
         views = views.to(device)
     else:
-        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size, augment=augment_of(task, cfg)))
+        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size, *image_norm(model.backbone),
+                                                           augment=augment_of(task, cfg)))
     show = cfg.progress and sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         model.train()

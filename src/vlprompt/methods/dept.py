@@ -94,6 +94,8 @@ class DePT(PromptMethod):
         super().__init__(inner.backbone, inner.classnames, {**config_to_dict(inner.config), **config_to_dict(config)})
         if not inner.needs_training or hasattr(inner, "fit_features"):
             raise ConfigError(f"DePT wraps prompt-learning methods; {inner.name!r} has no prompts to tune")
+        if not getattr(inner, "has_text_side", True):
+            raise ConfigError(f"DePT needs image-text matching; {inner.name!r} is a vision classifier without text")
         self.inner = inner
         self.dept = config
         self.uses_image_features = inner.uses_image_features

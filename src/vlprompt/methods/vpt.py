@@ -1,0 +1,199 @@
+"""VPT: Visual Prompt Tuning (Jia et al., ECCV 2022), shallow and deep.
+
+A vision classifier: learned prompt tokens enter the frozen ViT image tower and a linear
+head reads the image feature. There is no text side (class names are labels only).
+
+Learned (``p`` = ``num_tokens``, ``d`` = the tower's width, ``N`` = its number of blocks):
+
+* ``prompt`` ``P_0`` ``(p, d)``: inserted after the positional embedding, between CLS and
+  the patch tokens (no positional embedding of their own): ``z_0 = [x_cls; P_0; E_0]``;
+* ``deep_prompt`` ``P_1..P_{N-1}`` ``(N-1, p, d)`` (``vpt-deep`` only): before block ``i >= 1``
+  the ``p`` slots after CLS are *overwritten* by ``P_i`` (the previous block's outputs at
+  the prompt positions are discarded);
+* ``head``: ``Linear(embed_dim → n_cls)``.
+
+Initialisation as the reference: prompts ``U(-v, v)`` with ``v = sqrt(6 / (3·patch² + d))``
+(0.0625 for ViT-B/16); head weight ``N(0, 2 / n_cls)`` (Kaiming normal, fan-out) and bias
+``-log(99)`` (the reference MLP's "special bias"). Prompt dropout is applied to every prompt
+tensor in training (0.0 shallow, 0.1 deep). The frozen backbone stays in eval mode.
+
+Image feature fed to the head: the backbone's pooled output —
+
+* timm ViT (:mod:`vlprompt.backbones.vit`): the CLS token after the final norm, as VPT;
+* CLIP ViT: the CLS token after ``ln_post`` *and* CLIP's projection (``embed_dim``), i.e. a
+  fixed linear map of VPT's feature; it keeps methods off the towers' internals and works for
+  every backbone that implements ``encode_image`` (see ``docs/deviations.md``).
+
+Class names: the head has one row per training class. ``set_classnames`` accepts names of
+the same count (a relabelling, e.g. when a prompt file is loaded) and refuses any other
+count; :meth:`VPT.reset_head` starts a fresh head for another label set and keeps the prompts.
+
+A freshly built model is in eval mode (deterministic outputs; the engine switches to
+training mode for its epochs, which turns prompt dropout on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.base import Backbone, VisualPrompts
+from ..errors import ConfigError
+from .base import PromptMethod, register_method
+
+#: Bias of the reference head ("special bias", prior probability 0.01).
+HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
+
+
+@dataclass(frozen=True)
+class VPTConfig:
+    """VPT-shallow options (defaults: the reference ``configs/config.py``).
+
+    Attributes:
+        num_tokens: prompt tokens ``p`` per layer (reference default 5; the paper picks ``p``
+            per task from {1, 5, 10, 50, 100, 200}).
+        dropout: dropout on the prompt tokens in training (0.0 for VPT-shallow).
+    """
+
+    num_tokens: int = 5
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise ConfigError(f"vpt num_tokens must be >= 1, got {self.num_tokens}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"vpt dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class VPTDeepConfig(VPTConfig):
+    """VPT-deep options: as :class:`VPTConfig`, with prompt dropout 0.1 (the VPT-deep demos)."""
+
+    dropout: float = 0.1
+
+
+def prompt_init_bound(patch_size: int, width: int) -> float:
+    """VPT's uniform init bound ``sqrt(6 / (3·patch² + width))`` (Xavier-style)."""
+    return math.sqrt(6.0 / (3 * patch_size * patch_size + width))
+
+
+def vpt_head(in_dim: int, n_cls: int, device: torch.device | None = None) -> nn.Linear:
+    """The reference head: Kaiming-normal (fan-out) weight, constant bias ``-log(99)``."""
+    head = nn.Linear(in_dim, n_cls, device=device)
+    nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+    nn.init.constant_(head.bias, HEAD_BIAS)
+    return head
+
+
+def check_vision_prompt_backbone(backbone: Backbone, method: str) -> None:
+    """Refuse backbones without a ViT image tower that accepts visual prompts."""
+    if not backbone.supports_visual_prompts or not backbone.vision_width or not backbone.patch_size:
+        raise ConfigError(
+            f"{method} prompts a ViT image tower; backbone {backbone.name!r} has none "
+            "(ResNet towers are not supported)"
+        )
+
+
+@register_method
+class VPT(PromptMethod):
+    """VPT-shallow: ``p`` learned tokens after CLS at the input of a frozen ViT, linear head.
+
+    Logits ``head(f(x; P))``; loss cross-entropy. Works on timm ViTs and CLIP ViT towers.
+
+    Example:
+        >>> bb = vp.load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
+        >>> model = vp.build_method("vpt-shallow", bb, task.classnames, num_tokens=50)
+        >>> vp.fit(model, task, epochs=100, lr=0.25 * 128 / 256, batch_size=128, weight_decay=1e-4)
+    """
+
+    name = "vpt-shallow"
+    Config = VPTConfig
+    uses_image_features = False
+    #: No text encoder is involved (plug-ins that need image-text matching refuse it).
+    has_text_side = False
+    deep = False
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: VPTConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        check_vision_prompt_backbone(backbone, self.name)
+        n, width = config.num_tokens, int(backbone.vision_width)
+        val = prompt_init_bound(int(backbone.patch_size), width)
+        device = backbone.device
+        self.prompt = nn.Parameter(torch.empty(n, width, device=device).uniform_(-val, val))
+        if self.deep:
+            depth = max(backbone.n_vision_layers - 1, 0)
+            self.deep_prompt = nn.Parameter(torch.empty(depth, n, width, device=device).uniform_(-val, val))
+        self.prompt_dropout = nn.Dropout(config.dropout)
+        self.head = vpt_head(backbone.embed_dim, len(classnames), device)
+        self.train(False)
+
+    # ------------------------------------------------------------------ class set
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Relabel the head's rows (same count only); see :meth:`reset_head` for other label sets."""
+        if len(classnames) != self.head.out_features:
+            raise ConfigError(
+                f"{self.name} has a trained linear head for {self.head.out_features} classes and cannot "
+                f"predict {len(classnames)} others; call reset_head(classnames) to start a new head "
+                "(the prompts are kept) and train it"
+            )
+        super().set_classnames(classnames)
+
+    def reset_head(self, classnames: list[str]) -> None:
+        """A freshly initialised head for ``classnames``; the learned prompts are kept."""
+        self.head = vpt_head(self.backbone.embed_dim, len(classnames), self.prompt.device)
+        super().set_classnames(classnames)
+
+    # ------------------------------------------------------------------ prompts
+    def visual_prompts(self) -> VisualPrompts:
+        """``P_0`` after CLS (layout ``after_cls``) and, for VPT-deep, ``P_i`` before block ``i``."""
+        drop = self.prompt_dropout
+        deep = {}
+        if self.deep:
+            deep = {k + 1: drop(self.deep_prompt[k]) for k in range(self.deep_prompt.shape[0])}
+        return VisualPrompts(tokens=drop(self.prompt), layout="after_cls", deep=deep)
+
+    # ------------------------------------------------------------------ features / logits
+    def raw_text_features(self) -> torch.Tensor:
+        raise ConfigError(f"{self.name} is a vision classifier and has no class text features")
+
+    def eval_text_features(self) -> None:
+        return None
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the prompted image tower (with gradients to the prompts)."""
+        return self.backbone.encode_image(images, self.visual_prompts())
+
+    def image_features_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "images" not in batch:
+            raise ConfigError(f"{self.name} prompts the image tower and cannot train on cached image features")
+        return self.encode_images(batch["images"])
+
+    def logits_from_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``head(features)``; ``text_features`` is ignored (always ``None`` for this method)."""
+        return self.head(image_features.to(self.head.weight.dtype))
+
+    def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``image`` (prompted features), ``logits``, ``ce`` and ``loss`` (= ``ce``); no ``text``."""
+        image = self.image_features_of(batch)
+        logits = self.logits_from_features(image)
+        ce = F.cross_entropy(logits.float(), batch["labels"])
+        return {"image": image, "logits": logits, "ce": ce, "loss": ce}
+
+
+@register_method
+class VPTDeep(VPT):
+    """VPT-deep: VPT-shallow plus per-layer prompts overwriting the prompt slots before every block.
+
+    Example:
+        >>> model = vp.build_method("vpt-deep", bb, task.classnames, num_tokens=10)
+    """
+
+    name = "vpt-deep"
+    Config = VPTDeepConfig
+    deep = True

@@ -1,0 +1,184 @@
+"""VPT-shallow / VPT-deep: layout, deep replacement vs hand-built sequences, gradients, fit end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vlprompt as vp
+from vlprompt.errors import ConfigError
+from vlprompt.methods.vpt import HEAD_BIAS, prompt_init_bound
+
+NAMES = ["red circle", "green square", "blue triangle"]
+TINY = "timm:vit_tiny_patch16_224"
+TINY_KW = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def timm_bb():
+    return vp.load_backbone(TINY, model_kwargs=TINY_KW)
+
+
+def _timm_reference(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor:
+    """VPT by hand with timm's modules: [CLS; P_0; E_0], overwrite slots 1..p before each block."""
+    m = bb.model
+    p = model.config.num_tokens
+    x = m._pos_embed(m.patch_embed(images))
+    b = x.shape[0]
+    x = torch.cat([x[:, :1], model.prompt.expand(b, -1, -1), x[:, 1:]], dim=1)
+    x = m.norm_pre(x)
+    for i, block in enumerate(m.blocks):
+        if deep and i >= 1:
+            x = torch.cat([x[:, :1], model.deep_prompt[i - 1].expand(b, -1, -1), x[:, 1 + p:]], dim=1)
+        x = block(x)
+    cls = m.norm(x)[:, 0]
+    return cls @ model.head.weight.t() + model.head.bias
+
+
+def _clip_reference(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor:
+    """The same on open_clip's ViT modules (conv1, class/positional embedding, ln_pre, resblocks, ln_post, proj)."""
+    v = bb.model.visual
+    p = model.config.num_tokens
+    x = v.conv1(images).flatten(2).transpose(1, 2)
+    b = x.shape[0]
+    x = torch.cat([v.class_embedding.expand(b, 1, -1), x], dim=1) + v.positional_embedding
+    x = torch.cat([x[:, :1], model.prompt.expand(b, -1, -1), x[:, 1:]], dim=1)
+    x = v.ln_pre(x)
+    assert v.transformer.batch_first
+    for i, block in enumerate(v.transformer.resblocks):
+        if deep and i >= 1:
+            x = torch.cat([x[:, :1], model.deep_prompt[i - 1].expand(b, -1, -1), x[:, 1 + p:]], dim=1)
+        x = block(x)
+    feat = v.ln_post(x[:, 0]) @ v.proj
+    return feat @ model.head.weight.t() + model.head.bias
+
+
+def test_config_defaults_and_init(timm_bb):
+    shallow = vp.build_method("vpt-shallow", timm_bb, NAMES)
+    deep = vp.build_method("vpt-deep", timm_bb, NAMES)
+    assert (shallow.config.num_tokens, shallow.config.dropout) == (5, 0.0)
+    assert (deep.config.num_tokens, deep.config.dropout) == (5, 0.1)
+    assert prompt_init_bound(16, 768) == pytest.approx(0.0625)
+    bound = prompt_init_bound(8, 32)
+    assert shallow.prompt.shape == (5, 32) and not hasattr(shallow, "deep_prompt")
+    assert deep.deep_prompt.shape == (2, 5, 32)  # one per block after the first
+    assert deep.prompt.abs().max() <= bound and deep.deep_prompt.abs().max() <= bound
+    assert torch.all(shallow.head.bias == HEAD_BIAS) and HEAD_BIAS == pytest.approx(-math.log(99))
+    assert not shallow.training  # built in eval mode
+    assert vp.build_method("vpt-deep", timm_bb, NAMES, num_tokens=50, dropout=0.0).prompt.shape == (50, 32)
+    with pytest.raises(ConfigError, match="num_tokens"):
+        vp.build_method("vpt-shallow", timm_bb, NAMES, num_tokens=0)
+
+
+def test_shallow_layout_after_cls(timm_bb):
+    """The first block sees 1 CLS + p prompts + patches, with the prompts right after CLS, unchanged."""
+    torch.manual_seed(0)
+    model = vp.build_method("vpt-shallow", timm_bb, NAMES, num_tokens=4)
+    seen = []
+    hook = timm_bb.model.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    images = torch.randn(2, 3, 32, 32)
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        hook.remove()
+    x = seen[0]
+    assert x.shape == (2, 1 + 4 + 16, 32)
+    assert torch.equal(x[0, 1:5], model.prompt.detach())  # no positional embedding on the prompts
+    with torch.no_grad():
+        cls_and_patches = timm_bb.model._pos_embed(timm_bb.model.patch_embed(images))
+    assert torch.allclose(x[:, :1], cls_and_patches[:, :1]) and torch.allclose(x[:, 5:], cls_and_patches[:, 1:])
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
+def test_logits_equal_hand_built_timm(timm_bb, name):
+    torch.manual_seed(1)
+    model = vp.build_method(name, timm_bb, NAMES, num_tokens=3)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = model(images)
+        ref = _timm_reference(timm_bb, model, images, deep=model.deep)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    if model.deep:  # the deep prompts matter: the previous outputs at the prompt slots are discarded
+        with torch.no_grad():
+            shallow_ref = _timm_reference(timm_bb, model, images, deep=False)
+        assert not torch.allclose(ours, shallow_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
+def test_logits_equal_hand_built_clip(tiny_bb, name):
+    torch.manual_seed(2)
+    model = vp.build_method(name, tiny_bb, NAMES, num_tokens=2)
+    assert model.head.in_features == tiny_bb.embed_dim  # projected CLS on CLIP (documented)
+    images = torch.randn(2, 3, tiny_bb.image_size, tiny_bb.image_size)
+    with torch.no_grad():
+        ours = model(images)
+        ref = _clip_reference(tiny_bb, model, images, deep=model.deep)
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
+def test_only_prompts_and_head_get_gradients(timm_bb, name):
+    model = vp.build_method(name, timm_bb, NAMES)
+    model.train()
+    assert not timm_bb.training and not timm_bb.model.training
+    out = model.loss({"images": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 0])})
+    out["loss"].backward()
+    named = {n for n, p in model.named_parameters() if p.grad is not None}
+    expected = {"prompt", "head.weight", "head.bias"} | ({"deep_prompt"} if model.deep else set())
+    assert named == expected
+    assert {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} == expected
+    assert all(p.grad is None and not p.requires_grad for p in timm_bb.parameters())
+    assert set(model.prompt_state_dict()) == expected
+
+
+def test_prompt_dropout_only_in_training(timm_bb):
+    torch.manual_seed(3)
+    model = vp.build_method("vpt-deep", timm_bb, NAMES, dropout=0.5)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = model(images), model(images)
+        assert torch.equal(a, b)
+        model.train()
+        c = model(images)
+    assert not torch.allclose(a, c)
+
+
+def test_classnames_and_plugins(timm_bb):
+    model = vp.build_method("vpt-shallow", timm_bb, NAMES)
+    assert model.eval_text_features() is None
+    model.set_classnames(["a", "b", "c"])  # same count: a relabelling
+    with pytest.raises(ConfigError, match="reset_head"):
+        model.set_classnames(["a", "b"])
+    prompt = model.prompt.detach().clone()
+    model.reset_head(["a", "b"])
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
+    assert torch.equal(model.prompt.detach(), prompt)
+    with pytest.raises(ConfigError, match="DePT"):
+        vp.build_method("vpt-deep+dept", timm_bb, NAMES)
+    resnet = vp.load_backbone("RN50")
+    with pytest.raises(ConfigError, match="ViT image tower"):
+        vp.build_method("vpt-shallow", resnet, NAMES)
+
+
+@pytest.mark.parametrize("which", ["tiny-clip", "timm-tiny"])
+def test_fit_end_to_end(which, tiny_bb, timm_bb, shapes_root, cache_dir, tmp_path):
+    bb = tiny_bb if which == "tiny-clip" else timm_bb
+    task = vp.load_dataset("imagefolder", shapes_root, shots=2, seed=1)
+    model = vp.build_method("vpt-deep", bb, task.classnames, num_tokens=2)
+    run = tmp_path / "run"
+    res = vp.fit(model, task, run_dir=str(run), epochs=2, batch_size=4, lr=0.1, precision="fp32",
+                 cache_dir=cache_dir, progress=False)
+    assert res["method"] == "vpt-deep" and 0.0 <= res["acc"] <= 100.0
+    assert res["trainable_params"] == sum(p.numel() for p in model.trainable_parameters())
+    assert res["feature_views"] is None
+    loaded = vp.load_prompt(run, bb)
+    images = torch.randn(2, 3, bb.image_size, bb.image_size)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model(images), atol=1e-6)
+    assert vp.evaluate(loaded, task.test, precision="fp32", cache_dir=cache_dir) == pytest.approx(res["acc"])
+    assert F.softmax(loaded(images), -1).shape == (2, len(task.classnames))
