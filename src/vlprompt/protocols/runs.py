@@ -31,6 +31,8 @@ class RunSpec:
         preset: a named paper configuration (:mod:`vlprompt.presets`); explicit options win.
         method_options, train_options: explicit options.
         split_file: a stored few-shot sample to use instead of sampling.
+        selection, data_ratio: keep only ``data_ratio`` of the training images, chosen by
+            ``selection`` (``uniform``, ``herding``, ``kcenter``; data-efficient protocol).
     """
 
     method: str
@@ -48,6 +50,8 @@ class RunSpec:
     train_options: dict[str, Any] = field(default_factory=dict)
     split_file: str | None = None
     device: str = "auto"
+    selection: str | None = None
+    data_ratio: float = 1.0
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -88,10 +92,19 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    if spec.selection:  # data-efficient protocol: a selected fraction of the training set
+        from .data_efficient import select_subset
+
+        task = select_subset(task, spec.data_ratio, spec.selection, spec.seed, bb,
+                             cache_dir=train_opts.get("cache_dir"), device=spec.device)
     seed_everything(spec.seed)
     model = build_method(spec.method, bb, task.classnames, **method_opts)
     train_opts.setdefault("device", spec.device)
-    return fit(model, task, run_dir=spec.out, **train_opts)
+    res = fit(model, task, run_dir=spec.out, **train_opts)
+    if spec.selection:
+        res = {**res, "selection": spec.selection, "data_ratio": spec.data_ratio, "n_train": len(task.train)}
+        RunDir(spec.out).write_results(res)
+    return res
 
 
 def evaluate_run(
