@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,36 @@ def test_data_efficient_protocol(tmp_path, cache_dir, selection):
     assert (tmp_path / "de" / "data_efficient.md").exists()
     res = json.loads((tmp_path / "de" / "tiny/colours" / f"{selection}_0.05" / "seed1" / "results.json").read_text())
     assert res["selection"] == selection and res["data_ratio"] == 0.05
+
+
+def test_custom_data_simple_mask_layout_and_missing_masks(tmp_path, tiny_bb, cache_dir):
+    from vlprompt.data import make_image_folder
+
+    root = tmp_path / "shapes"
+    make_image_folder(root, n_train=2, n_val=1, n_test=1, size=64, seed=0)
+    task = vp.load_dataset("imagefolder", root)
+    for s in task.train:  # simple layout: mask/<path relative to the dataset folder>.png
+        rel = Path(s.path).relative_to(root)
+        arr = np.zeros((64, 64), np.uint8)
+        arr[16:48, 16:48] = 255
+        _write((root / "mask" / rel).with_suffix(".png"), arr)
+    model = vp.build_method("dapt", tiny_bb, task.classnames, prompt_depth=DEPTH)
+    res = vp.fit(model, task, epochs=1, batch_size=len(task.train), lr=0.0035, precision="fp32",
+                 cache_dir=cache_dir, evaluate_test=False)
+    assert res["epochs"] == 1 and np.isfinite(res["final_loss"])
+    next((root / "mask").rglob("*.png")).unlink()
+    with pytest.raises(DatasetError, match="have no mask"):
+        vp.fit(model, task, run_dir=str(tmp_path / "run"), epochs=1, precision="fp32", cache_dir=cache_dir)
+    assert not (tmp_path / "run").exists()  # bad data fails before anything is written
+
+
+def test_cli_data_efficient(tmp_path, cache_dir, capsys):
+    from vlprompt.cli import main
+
+    out = tmp_path / "de"
+    assert main(["data-efficient", "--method", "coop", "--datasets", "tiny/shapes", "--ratios", "0.5", "--shots", "4",
+                 "--selection", "kcenter", "--seeds", "1", "--root", str(tmp_path), "--out", str(out),
+                 "--epochs", "1", "--precision", "fp32", "--cache-dir", cache_dir, "--device", "cpu"]) == 0
+    summary = json.loads((out / "data_efficient.json").read_text())
+    assert summary["selection"] == "kcenter" and summary["runs"][0]["n_train"] == 20  # 2 of 4 per class
+    assert "0.5" in (out / "data_efficient.md").read_text()

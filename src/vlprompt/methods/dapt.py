@@ -20,7 +20,7 @@ same prompted text tower) give ``z_Tb``. With ``s`` the logit scale (100 for CLI
 * ``loss_schedule="reference"``: the released code's epoch switch — epoch index ≤ 6 uses
   ``L_cls + 0.8 L_v``, later epochs ``L_cls + 0.1 L_f + 0.5 L_b``. The published numbers were
   produced by the released code, so this preset is the one that corresponds to them (with the
-  5-epoch base-to-new config only ``L_v`` is ever active); see docs/deviations.md (M30–M36).
+  5-epoch base-to-new config only ``L_v`` is ever active); see docs/deviations.md (DA1–DA11).
 
 Masks (``masks`` option; two registry names):
 
