@@ -15,7 +15,8 @@ from vlprompt.methods.linear_probe import C_GRID, fit_logistic_regression, searc
 NAMES = ["red circle", "green_square", "blue triangle"]
 
 #: Options that fit a method to tiny-clip (3 text / 4 vision layers); defaults otherwise.
-MATRIX_OPTIONS: dict[str, dict] = {"maple": {"prompt_depth": 2}}
+MATRIX_OPTIONS: dict[str, dict] = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2},
+                                   "dapt-g": {"prompt_depth": 2}}
 
 #: Methods whose learned weights are tied to the training classes: re-targeting is a ConfigError.
 FIXED_CLASSES = {"linear-probe", "softcpt-csta", "softcpt-csts"}
@@ -121,7 +122,10 @@ def test_method_matrix(name, tiny_bb, tmp_path):
     assert logits.shape == (4, 3)
     params = model.trainable_parameters()
     if model.needs_training and not hasattr(model, "fit_features"):
-        out = model.loss({"images": images, "labels": labels})
+        batch = {"images": images, "labels": labels}
+        if getattr(model, "mask_source", None):  # DAPT: foreground masks travel in the batch
+            batch["masks"] = (torch.rand(4, 1, 64, 64) > 0.5).float()
+        out = model.loss(batch)
         out["loss"].backward()
         assert params and all(p.grad is not None for p in params)
         with torch.no_grad():  # move the prompt away from its init so the round trip means something

@@ -1,7 +1,8 @@
 """Command line: a thin layer over the API (``vlprompt --help``).
 
 Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``, the protocols
-(``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``, ``vtab``), ``sweep``, ``report``.
+(``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``, ``vtab``, ``data-efficient``),
+``sweep``, ``report``.
 User errors print one line (``error: ...``) and exit with status 2.
 """
 
@@ -132,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-seed", type=int, help="seed of the grid runs (default: the first final seed)")
     p.add_argument("--no-lr-scale", action="store_true", help="use the base lr as is (VPT: lr x batch / 256)")
     p.add_argument("--no-tune", action="store_true", help="skip the grid: one --lrs and one --wds value")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--preset")
+    _add_backbone_args(p)
+    _add_train_args(p)
+
+    p = sub.add_parser("data-efficient", help="train on a selected fraction of the training set (accuracy vs ratio)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--datasets", nargs="+", required=True)
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+    p.add_argument("--selection", default="uniform", choices=["uniform", "herding", "kcenter"],
+                   help="uniform sampling (reference default) or a coreset on image features")
+    p.add_argument("--shots", type=int, help="few-shot sample to select from; default: the full training set")
+    p.add_argument("--root", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--out", required=True)
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset")
     _add_backbone_args(p)
@@ -275,6 +291,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
         summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
     elif args.command == "multitask":
         summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds)
+    elif args.command == "data-efficient":
+        summary = protocols.data_efficient(_spec(args), args.datasets, args.ratios, seeds, args.selection)
     elif args.command == "cross-dataset":
         summary = protocols.cross_dataset(_spec(args, dataset=args.source), args.targets, seeds, cache_dir=cache)
     else:
@@ -328,7 +346,7 @@ COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
     "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
     "few-shot": cmd_protocol, "multitask": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
-    "vtab": cmd_vtab,
+    "vtab": cmd_vtab, "data-efficient": cmd_protocol,
 }
 
 

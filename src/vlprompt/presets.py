@@ -50,6 +50,21 @@ for _softcpt in ("softcpt", "softcpt-nata", "softcpt-nats", "softcpt-cata", "sof
                  "softcpt-csts", "coop-mt"):
     PRESETS[_softcpt] = {"paper": {"method": {}, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002}}}
 
+# DAPT (on MaPLe): base-to-new `vit_b16_base` (5 epochs, batch 1), few-shot `vit_b16_t` (10 epochs, batch 4),
+# both lr 0.0035. "paper*" = the paper's all-terms loss; "reference*" = the released code's epoch switch.
+_DAPT_METHOD = {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}
+_DAPT = {
+    "paper": {"method": dict(_DAPT_METHOD), "train": {"epochs": 5, "batch_size": 1, "lr": 0.0035}},
+    "paper-fs": {"method": dict(_DAPT_METHOD), "train": {"epochs": 10, "batch_size": 4, "lr": 0.0035}},
+    "reference": {"method": {**_DAPT_METHOD, "loss_schedule": "reference"},
+                  "train": {"epochs": 5, "batch_size": 1, "lr": 0.0035}},
+    "reference-fs": {"method": {**_DAPT_METHOD, "loss_schedule": "reference"},
+                     "train": {"epochs": 10, "batch_size": 4, "lr": 0.0035}},
+    "dept": {"method": dict(_DAPT_METHOD), "train": dict(_DEPT_TRAIN)},
+}
+PRESETS["dapt"] = _DAPT
+PRESETS["dapt-g"] = _DAPT
+
 
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""

@@ -67,10 +67,20 @@ class ImageOutput:
     Attributes:
         pooled: ``(B, embed_dim)`` image feature (projected CLS / pooled output).
         tokens: ``(B, n_patches, width)`` patch tokens after the final norm (prompts removed).
+        block_input: with ``return_block_input``: ``(B, L, width)``, the normalised input
+            (``ln_1`` output) of the last transformer block, prompt tokens included; it is the
+            tensor the block consumes, so ``torch.autograd.grad(target, block_input)`` gives
+            Grad-CAM gradients.
+        patch_start: index of the first patch token in ``block_input``.
+        grid: ``(rows, cols)`` of the patch grid (patches are ``block_input[:, patch_start:
+            patch_start + rows * cols]``, row-major).
     """
 
     pooled: torch.Tensor
     tokens: torch.Tensor | None = None
+    block_input: torch.Tensor | None = None
+    patch_start: int = 1
+    grid: tuple[int, int] | None = None
 
 
 class Backbone(nn.Module):
@@ -139,6 +149,7 @@ class Backbone(nn.Module):
         prompts: VisualPrompts | None = None,
         return_tokens: bool = False,
         normalize: bool = False,
+        return_block_input: bool = False,
     ) -> torch.Tensor | ImageOutput:
         raise NotImplementedError
 

@@ -79,10 +79,19 @@ def has_plain_attention(block: nn.Module) -> bool:
 
 
 def block_forward(
-    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None, kv: KVPrompt | None = None
+    block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None, kv: KVPrompt | None = None,
+    capture: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One pre-norm residual block (open_clip's ``ResidualAttentionBlock`` math) on (B, L, D)."""
-    x = x + block.ls_1(attention_with_kv(block.attn, block.ln_1(x), kv, attn_mask))
+    """One pre-norm residual block (open_clip's ``ResidualAttentionBlock`` math) on (B, L, D).
+
+    ``capture``: if a list is given, the block's normalised attention input ``ln_1(x)`` (the
+    tensor the attention really consumes, so gradients with respect to it are exact) is
+    appended to it — the Grad-CAM hook point of DAPT-G.
+    """
+    h = block.ln_1(x)
+    if capture is not None:
+        capture.append(h)
+    x = x + block.ls_1(attention_with_kv(block.attn, h, kv, attn_mask))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -148,6 +157,7 @@ def run_blocks(
     batch_first: bool = True,
     replace: dict[int, tuple[int, torch.Tensor]] | None = None,
     kv: dict[int, KVPrompt] | None = None,
+    capture_last: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run ``blocks`` over ``x`` (B, L, D, batch first) with per-layer prompt surgery.
 
@@ -158,6 +168,8 @@ def run_blocks(
         batch_first: whether the blocks expect (B, L, D); otherwise they get (L, B, D).
         replace: ``{layer: (start, tokens)}`` replacements applied before that block.
         kv: ``{layer: KVPrompt}`` key/value prompts for that block.
+        capture_last: if a list is given, the last block's ``ln_1`` output is appended to it
+            (see :func:`block_forward`); the last block must be a plain open_clip block.
     """
     replace = replace or {}
     kv = kv or {}
@@ -168,8 +180,11 @@ def run_blocks(
         layer_kv = kv.get(i)
         if layer_kv is not None and layer_kv.key.shape[-2] == 0:
             layer_kv = None
+        capture = capture_last if i == len(blocks) - 1 else None
         if has_plain_attention(block):
-            x = block_forward(block, x, attn_mask, layer_kv)
+            x = block_forward(block, x, attn_mask, layer_kv, capture)
+        elif capture is not None:
+            raise ConfigError("capturing the last block's attention input needs an open_clip pre-norm block")
         elif layer_kv is not None and is_timm_block(block):
             x = timm_block_forward(block, x, attn_mask, layer_kv)
         elif layer_kv is not None:

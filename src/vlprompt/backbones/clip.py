@@ -134,6 +134,7 @@ class ClipBackbone(Backbone):
         prompts: VisualPrompts | None = None,
         return_tokens: bool = False,
         normalize: bool = False,
+        return_block_input: bool = False,
     ) -> torch.Tensor | ImageOutput:
         """Image features, optionally with visual prompts.
 
@@ -142,10 +143,12 @@ class ClipBackbone(Backbone):
             prompts: shallow/deep/key-value prompts (ViT towers only).
             return_tokens: also return the patch tokens (after ``ln_post``, prompts removed).
             normalize: L2-normalise the pooled feature.
+            return_block_input: also return the last block's ``ln_1`` output (Grad-CAM,
+                ViT towers only; see :class:`ImageOutput`).
 
         Returns:
             ``(B, embed_dim)`` features (equal to open_clip's ``encode_image`` without
-            prompts), or an :class:`ImageOutput` when ``return_tokens``.
+            prompts), or an :class:`ImageOutput` when ``return_tokens`` or ``return_block_input``.
         """
         v = self.model.visual
         if not self.is_vit:
@@ -154,7 +157,7 @@ class ClipBackbone(Backbone):
                     f"{self.name}: visual prompts need a ViT image tower; this backbone has a "
                     "ModifiedResNet (RN50-style) tower"
                 )
-            if return_tokens:
+            if return_tokens or return_block_input:
                 raise ConfigError(f"{self.name}: patch tokens are only available for ViT image towers")
             pooled = v(images)
             return F.normalize(pooled, dim=-1) if normalize else pooled
@@ -172,8 +175,10 @@ class ClipBackbone(Backbone):
             raise ConfigError("deep visual prompts need shallow prompt tokens at layer 0")
         x = v.ln_pre(x)
         replace = {k: (start, t) for k, t in prompts.deep.items()}
+        captured: list[torch.Tensor] | None = [] if return_block_input else None
         x = run_blocks(
-            v.transformer.resblocks, x, batch_first=v.transformer.batch_first, replace=replace, kv=prompts.kv
+            v.transformer.resblocks, x, batch_first=v.transformer.batch_first, replace=replace, kv=prompts.kv,
+            capture_last=captured,
         )
         if n_p:
             x = torch.cat([x[:, :start], x[:, start + n_p :]], dim=1)
@@ -182,6 +187,9 @@ class ClipBackbone(Backbone):
             pooled = pooled @ v.proj
         if normalize:
             pooled = F.normalize(pooled, dim=-1)
+        if return_block_input:
+            grid = tuple(int(g) for g in v.grid_size)
+            return ImageOutput(pooled, tokens, captured[0], 1 + (n_p if prompts.layout == "after_cls" else 0), grid)
         return ImageOutput(pooled, tokens) if return_tokens else pooled
 
     @property

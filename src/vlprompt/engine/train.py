@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..data.images import ImageDataset, check_readable
+from ..data.masks import DiskMasks, MaskedImageDataset, PairedTrainTransform
 from ..data.splitfile import relative_entry
 from ..data.task import Task
 from ..data.transforms import image_norm, train_transform
@@ -244,6 +245,8 @@ def _prepare_inputs(
             test_seconds = time.perf_counter() - start
     else:
         check_readable(task.train, "train")
+        if getattr(model, "mask_source", None) == "data" and model.needs_training and cfg.epochs > 0:
+            DiskMasks.for_task(task)  # every training image needs its mask file
     return views, test_seconds
 
 
@@ -268,6 +271,15 @@ def augment_of(task: Task, cfg: TrainConfig) -> str:
     return cfg.augment or task.augment
 
 
+def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch from a loader of ``(image, label, index)`` or ``(image, mask, label, index)``."""
+    if len(items) == 4:
+        x, m, y, _ = items
+        return {"images": x.to(device), "masks": m.to(device), "labels": y.to(device)}
+    x, y, _ = items
+    return {"images": x.to(device), "labels": y.to(device)}
+
+
 def _train_epochs(
     model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
     fingerprint, prior_seconds, t0, on_epoch_end,
@@ -275,13 +287,17 @@ def _train_epochs(
     labels = _labels(task.train)
     n = len(task.train)
     cached = views is not None
+    mask_source = getattr(model, "mask_source", None)  # DAPT: masks travel in batch["masks"]
+    disk_masks = DiskMasks.for_task(task) if mask_source == "data" and not cached else None
     if cached:
         views = views.to(device)
-    else:
+    elif mask_source is None:
         dataset = ImageDataset(task.train, train_transform(model.backbone.image_size, *image_norm(model.backbone),
                                                            augment=augment_of(task, cfg)))
     show = cfg.progress and sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
+        if hasattr(model, "prepare_epoch"):  # e.g. DAPT-G recomputes its Grad-CAM masks
+            model.prepare_epoch(epoch, task.train, device)
         model.train()
         lr = set_epoch_lr(optimizer, cfg, epoch)
         gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -297,9 +313,12 @@ def _train_epochs(
             )
         else:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)
+            if mask_source is not None:
+                masks = disk_masks if disk_masks is not None else model.epoch_masks()
+                dataset = MaskedImageDataset(task.train, masks, PairedTrainTransform(model.backbone.image_size))
             loader = DataLoader(dataset, batch_sampler=[shard(b).tolist() for b in batches],
                                 num_workers=cfg.num_workers)
-            steps = ({"images": x.to(device), "labels": y.to(device)} for x, y, _ in loader)
+            steps = (_image_batch(items, device) for items in loader)
         if show:
             from tqdm import tqdm
 

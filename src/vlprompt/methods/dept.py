@@ -100,6 +100,7 @@ class DePT(PromptMethod):
         self.dept = config
         self.uses_image_features = inner.uses_image_features
         self.feature_transform = inner.feature_transform
+        self.mask_source = getattr(inner, "mask_source", None)  # DAPT: masks pass through in the batch
         dim = inner.backbone.embed_dim
         self.film_img = FiLM(dim)
         self.film_text = FiLM(dim)
@@ -126,6 +127,15 @@ class DePT(PromptMethod):
     def set_classnames(self, classnames: list[str], **options: Any) -> None:
         self.inner.set_classnames(classnames, **options)  # e.g. tasks= of a multi-task method
         super().set_classnames(classnames)
+
+    def prepare_epoch(self, epoch: int, samples: list, device: torch.device) -> None:
+        """Forward the engine's per-epoch hook to the wrapped method (e.g. DAPT's epoch switch)."""
+        if hasattr(self.inner, "prepare_epoch"):
+            self.inner.prepare_epoch(epoch, samples, device)
+
+    def epoch_masks(self):
+        """The wrapped method's masks of the current epoch (DAPT-G)."""
+        return self.inner.epoch_masks()
 
     # ---------------------------------------------------------------- training
     def cat_logits(self, features: torch.Tensor, film: FiLM) -> torch.Tensor:

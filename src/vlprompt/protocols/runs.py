@@ -34,6 +34,8 @@ class RunSpec:
         split_file: a stored few-shot sample to use instead of sampling.
         split: VTAB-1k / FGVC protocol stage, ``"tune"`` or ``"final"`` (see ``load_dataset``).
         protocol: recorded as ``protocol`` in ``results.json`` (default: derived from the task).
+        selection, data_ratio: keep only ``data_ratio`` of the training images, chosen by
+            ``selection`` (``uniform``, ``herding``, ``kcenter``; data-efficient protocol).
     """
 
     method: str
@@ -53,6 +55,8 @@ class RunSpec:
     device: str = "auto"
     split: str | None = None
     protocol: str | None = None
+    selection: str | None = None
+    data_ratio: float = 1.0
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -95,10 +99,19 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    if spec.selection:  # data-efficient protocol: a selected fraction of the training set
+        from .data_efficient import select_subset
+
+        task = select_subset(task, spec.data_ratio, spec.selection, spec.seed, bb,
+                             cache_dir=train_opts.get("cache_dir"), device=spec.device)
     seed_everything(spec.seed)
     model = build_method(spec.method, bb, task.classnames, **method_opts)
     train_opts.setdefault("device", spec.device)
-    return fit(model, task, run_dir=spec.out, protocol=spec.protocol, **train_opts)
+    res = fit(model, task, run_dir=spec.out, protocol=spec.protocol, **train_opts)
+    if spec.selection:
+        res = {**res, "selection": spec.selection, "data_ratio": spec.data_ratio, "n_train": len(task.train)}
+        RunDir(spec.out).write_results(res)
+    return res
 
 
 def evaluate_run(
