@@ -36,6 +36,9 @@ def dept_effect(tables: dict) -> list[str]:
             continue
         lines.append(f"| {m} | {a['base']:.2f} | {a['new']:.2f} | {a['hm']:.2f} | {b['base']:.2f} | {b['new']:.2f} "
                      f"| {b['hm']:.2f} | {b['hm'] - a['hm']:+.2f} |")
+    z = avg.get("zeroshot")
+    if z is not None:
+        lines.append(f"| zeroshot (reference) | {z['base']:.2f} | {z['new']:.2f} | {z['hm']:.2f} | | | | |")
     return lines
 
 

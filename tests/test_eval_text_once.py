@@ -13,7 +13,8 @@ from vlprompt.methods import list_methods
 # image-conditioned prompts must re-encode per image; no-prompt methods never encode at test time
 PER_IMAGE = {"cocoop"}
 NO_TEXT = {"zeroshot", "linear-probe"}
-OPTIONS = {"maple": {"prompt_depth": 2}}
+CLASS_AWARE = {"softcpt-cata", "softcpt-cats", "softcpt-csta", "softcpt-csts"}
+OPTIONS = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2}, "dapt-g": {"prompt_depth": 2}}
 
 
 def _names() -> list[str]:
@@ -37,7 +38,13 @@ def test_text_tower_runs_once_per_evaluation(name, tiny_bb, shapes_root, cache_d
 
     monkeypatch.setattr(tiny_bb, "encode_text", counting)
     cache = FeatureCache(tiny_bb, "fp32", torch.device("cpu"), cache_dir)
-    samples = task.test[:12]
-    res = evaluate_samples(model, samples, cache, "fp32", torch.device("cpu"), batch_size=4)
+    model.eval()
+    res = evaluate_samples(model, task.test[:4], cache, "fp32", torch.device("cpu"), batch_size=4)
+    one_batch, calls[:] = list(calls), []
+    res = evaluate_samples(model, task.test[:12], cache, "fp32", torch.device("cpu"), batch_size=4)
     assert res["n"] == 12
-    assert calls == [len(task.classnames)]  # one forward over the class prompts, 3 test batches
+    # the class prompts are encoded once however many test batches (3 here); SoftCPT also encodes its task
+    # names (one row per task) and, class-aware variants, the class-name prompts of its meta-network input
+    n = len(task.classnames)
+    assert calls == one_batch and calls.count(n) == (2 if name.split("+")[0] in CLASS_AWARE else 1), calls
+    assert sum(calls) - calls.count(n) * n <= 1  # + one task-name row
