@@ -271,8 +271,10 @@ def vtab_task_from_lists(
     lists = read_vtab_lists(task_dir, classnames, display)
     check_some_exist(lists, display, task_dir)
     info = {"vtab_lists": lists, "vtab_group": vtab_group(name), "format": "vtab", **(extra or {})}
+    # VPT trains VTAB-1k without augmentation: the plain (resize + centre-crop) view, augment="none"
     return Task(name=name, classnames=list(classnames), template=template, train=list(lists["train800"]),
-                val=list(lists["val200"]), test=list(lists["test"]), root=task_dir, image_dir=task_dir, extra=info)
+                val=list(lists["val200"]), test=list(lists["test"]), root=task_dir, image_dir=task_dir,
+                augment="none", extra=info)
 
 
 def find_vtab_task_dir(root: str | os.PathLike[str], folder: str) -> Path:

@@ -266,8 +266,7 @@ SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("vtab_dsprites_location", "", _DSPRITES_CELLS, "a small white shape in {} of a 4 by 4 grid.",
              "object localisation", None, "procedural sprites (VTAB dsprites-location analogue)", fmt="vtab"),
     TaskSpec("vtab_eurosat", "", P.SATELLITE_CLASSES, "a centered satellite photo of {}.",
-             "satellite land use classification", None, "procedural tiles (VTAB eurosat analogue)", fmt="vtab",
-             augment="crop"),
+             "satellite land use classification", None, "procedural tiles (VTAB eurosat analogue)", fmt="vtab"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
