@@ -158,3 +158,21 @@ def test_cli_log_to_option(tmp_path, monkeypatch, capsys):
     code = main(["train", "--method", "coop", "--dataset", "imagefolder", "--root", str(tmp_path), "--out",
                  str(tmp_path / "o"), "--log-to", "mlflow"])
     assert code == 2 and "unknown logger 'mlflow'" in capsys.readouterr().err
+
+
+def test_sweep_base2new_run_logs_new_acc_and_hm(shapes_root, cache_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from vlprompt.sweep.run import execute
+
+    sweep = parse_sweep({"methods": ["coop"], "datasets": [f"imagefolder@{shapes_root}"], "protocol": "base2new",
+                         "shots": [2], "out": str(tmp_path / "sweep"), "cache_dir": cache_dir,
+                         "overrides": {"train": {**TRAIN, "epochs": 1, "log_to": ["tensorboard"]}}})
+    (run,) = sweep.expand()
+    assert execute(run)["status"] == "done"
+    res = json.loads((tmp_path / "sweep" / run.id / "results.json").read_text())
+    assert "log_to" not in res["sweep"]["train_options"]
+    scalars = _scalars(tmp_path / "sweep" / run.id / "tensorboard")
+    for key in ("base_acc", "new_acc", "hm"):
+        assert scalars[f"results/{key}"] == [(1, pytest.approx(res[key], rel=1e-6))]
+    cfg = yaml.safe_load((tmp_path / "sweep" / run.id / "config.yaml").read_text())
+    assert cfg["train"]["log_name"] == run.id
