@@ -40,7 +40,7 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "lr", "batch_size", "optimizer", "precision", "feature_views", "cache_dir", "seed",
-            "device", "num_workers", "weight_decay", "warmup_epochs", "grad_clip")
+            "device", "num_workers", "weight_decay", "warmup_epochs", "grad_clip", "log_to", "log_project")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -56,6 +56,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-views", type=int, help="cached augmented views per image (0 = no cache)")
     p.add_argument("--cache-dir")
     p.add_argument("--num-workers", type=int)
+    p.add_argument("--log-to", metavar="LOGGERS",
+                   help="mirror metrics and results into tensorboard and/or wandb (comma-separated; "
+                        "<out>/tensorboard/, <out>/wandb/ offline unless WANDB_MODE is set)")
+    p.add_argument("--log-project", help="W&B project (default: $WANDB_PROJECT or vlprompt)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +261,7 @@ def _run_setup(run: Path, args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .engine.loggers import log_results
     from .engine.run import RunDir, atomic_write
     from .engine.train import hm
     from .protocols import evaluate_run
@@ -276,6 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if results is not None and out["dataset"] == ds["name"] and ds["subsample"] == "base" and subsample == "new":
         results.update({"new_acc": out["acc"], "hm": hm(results["base_acc"], out["acc"])})
         run.write_results(results)
+        log_results(run.path, {"epochs": results.get("epochs"), "new_acc": results["new_acc"], "hm": results["hm"]})
         out.update({"base_acc": results["base_acc"], "new_acc": out["acc"], "hm": results["hm"]})
     print(json.dumps(out, indent=2))
 

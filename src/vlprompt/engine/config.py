@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .loggers import normalize_log_to
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
@@ -40,6 +41,11 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         num_workers: data-loader workers.
         progress: show tqdm bars (only on a terminal).
+        log_to: mirror the run into experiment loggers: ``tensorboard`` (``<run_dir>/tensorboard/``),
+            ``wandb`` (``<run_dir>/wandb/``, offline unless ``WANDB_MODE`` is set); a list or a
+            comma-separated string. Needs a run directory; see :mod:`vlprompt.engine.loggers`.
+        log_project: W&B project (default: ``$WANDB_PROJECT`` or ``vlprompt``).
+        log_name: the run's name in the loggers (default: ``method/dataset[/subsample]/shots<K>/seed<S>``).
     """
 
     epochs: int = 10
@@ -61,6 +67,9 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    log_to: tuple[str, ...] = ()
+    log_project: str | None = None
+    log_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
@@ -74,6 +83,7 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
         if self.augment is not None and self.augment not in ("clip", "crop", "none"):
             raise ConfigError(f"augment must be clip, crop, none or unset, got {self.augment!r}")
+        object.__setattr__(self, "log_to", normalize_log_to(self.log_to))
         if self.feature_views < 0:
             raise ConfigError(f"feature_views must be >= 0, got {self.feature_views}")
 

@@ -34,6 +34,16 @@ from .config import TrainConfig
 from .distributed import init_from_env, shard, sum_gradients, sum_scalar
 from .evaluate import evaluate_samples, evaluate_task_group
 from .features import FeatureCache
+from .loggers import (
+    LOGGING_OPTIONS,
+    RunLogger,
+    epoch_scalars,
+    open_loggers,
+    require,
+    result_scalars,
+    run_name,
+    wandb_run_id,
+)
 from .precision import autocast, resolve_device, resolve_precision
 from .run import RunDir, atomic_write
 from .schedule import build_optimizer, set_epoch_lr
@@ -108,6 +118,9 @@ def fit(
         protocol: recorded in the results (default: derived from the task).
         on_epoch_end: called as ``fn(epoch, metrics)`` after each epoch's checkpoint.
         evaluate_test: evaluate on ``task.test`` at the end.
+        **overrides: :class:`~vlprompt.engine.config.TrainConfig` fields, e.g. ``log_to=["tensorboard"]``
+            to mirror the per-epoch metrics and the final results into ``<run_dir>/tensorboard/``
+            (``"wandb"``: an offline W&B run in ``<run_dir>/wandb/``); only rank 0 logs.
 
     Returns:
         A dict with the ``results.json`` keys (``acc`` in percent, ``train_seconds`` ...).
@@ -119,6 +132,11 @@ def fit(
     cfg = config if config is not None else TrainConfig.from_kwargs(**overrides)
     if config is not None and overrides:
         cfg = TrainConfig.from_kwargs(**{**config_to_dict(config), **overrides})
+    if cfg.log_to:
+        if not run_dir:
+            raise ConfigError(f"log_to={list(cfg.log_to)} needs a run directory: pass run_dir=... (--out)")
+        for name in cfg.log_to:
+            require(name)  # a missing package fails before any work
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
@@ -133,7 +151,8 @@ def fit(
         "subsample": task.subsample, "classnames": model.classnames,
         "backbone": bb.name, "weights": bb.weights_id,
     }
-    fingerprint = _fingerprint(info)
+    # where a run is mirrored never changes its results: not part of the fingerprint
+    fingerprint = _fingerprint({**info, "train": {k: v for k, v in info["train"].items() if k not in LOGGING_OPTIONS}})
     if not task.train and model.needs_training:
         raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
 
@@ -149,18 +168,38 @@ def fit(
     feature_seconds = time.perf_counter() - t0 - test_feature_seconds
     t0 += test_feature_seconds  # test-set extraction is evaluation time, not training time
 
+    logger = RunLogger()
     if writer is not None:
         run.path.mkdir(parents=True, exist_ok=True)
-        run.write_config({
+        resolved = {
             **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
                                 "seed": task.seed, "subsample": task.subsample},
             "backbone": {"name": bb.name, "weights_id": bb.weights_id,
                          "weights": getattr(bb, "weights_path", None)},
             "protocol": protocol or default_protocol(task), "fingerprint": fingerprint,
-        })
+        }
+        run.write_config(resolved)
         if task.shots:
             _write_sample(run, task)
         run.log(f"fit {info['method']} on {task.name} ({len(task.train)} train images), {device}, {precision}")
+        if cfg.log_to:
+            first_epoch = int(state["epoch"]) + 1 if state is not None else 0
+            logger = open_loggers(cfg.log_to, run.path, wandb_run_id(run.path, fingerprint),
+                                  cfg.log_name or run_name(resolved), project=cfg.log_project, config=resolved,
+                                  start_step=first_epoch)
+            logger.log_config(resolved)
+    try:
+        return _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, fingerprint, views, cache,
+                                 device, precision, world_size, protocol, on_epoch_end, evaluate_test, t0,
+                                 feature_seconds, test_feature_seconds)
+    finally:
+        logger.close()
+
+
+def _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, fingerprint, views, cache, device,
+                      precision, world_size, protocol, on_epoch_end, evaluate_test, t0, feature_seconds,
+                      test_feature_seconds) -> dict[str, Any]:
+    bb = model.backbone
 
     metrics: list[dict[str, Any]] = []
     start_epoch, prior_seconds = 0, 0.0
@@ -184,7 +223,7 @@ def fit(
             run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         _train_epochs(
             model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, writer,
-            fingerprint, prior_seconds, t0, on_epoch_end,
+            fingerprint, prior_seconds, t0, on_epoch_end, logger,
         )
     train_seconds = prior_seconds + time.perf_counter() - t0
 
@@ -217,6 +256,7 @@ def fit(
         run.write_metrics(metrics)
         run.write_results(results)
         run.log(f"done: acc={results.get('acc')} train_seconds={results['train_seconds']}")
+        logger.log_metrics(epochs, result_scalars(results))
     return results
 
 
@@ -282,7 +322,7 @@ def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, t
 
 def _train_epochs(
     model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
-    fingerprint, prior_seconds, t0, on_epoch_end,
+    fingerprint, prior_seconds, t0, on_epoch_end, logger: RunLogger | None = None,
 ) -> None:
     labels = _labels(task.train)
     n = len(task.train)
@@ -363,5 +403,7 @@ def _train_epochs(
             })
             run.write_metrics(metrics)
             run.log(json.dumps(row))
+            if logger is not None:
+                logger.log_metrics(epoch, epoch_scalars(row))
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..engine.loggers import log_results
 from ..engine.run import RunDir
 from ..engine.train import hm
 from .runs import RunSpec, evaluate_run, train_run
@@ -37,6 +38,7 @@ def base2new(
                                    device=template.device)
                 res = {**res, "new_acc": new["acc"], "hm": hm(res["base_acc"], new["acc"])}
                 RunDir(out).write_results(res)
+                log_results(out, {"epochs": res.get("epochs"), "new_acc": res["new_acc"], "hm": res["hm"]})
             rows.append({"dataset": ds, "seed": seed, "base_acc": res["base_acc"], "new_acc": res["new_acc"]})
     summary = {"protocol": "base2new", "method": template.method, "runs": rows, **summarize_base2new(rows)}
     md = f"# base-to-new: {template.method}\n\n" + markdown_table(summary, ["base_acc", "new_acc", "hm"], "dataset")

@@ -11,6 +11,7 @@ from ..backbones import load_backbone
 from ..backbones.base import Backbone
 from ..data import ensemble_templates, load_dataset, task_structure
 from ..data.templates import KGCOOP_DTD_TEMPLATE
+from ..engine.config import TrainConfig
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
 from ..methods import build_method, get_method_class
@@ -88,6 +89,7 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
     preset = resolve_preset(spec.method, spec.preset, spec.shots, spec.dataset)
     method_opts = {**preset["method"], **spec.method_options}
     train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
+    TrainConfig.from_kwargs(**train_opts)  # bad training options fail before anything is loaded
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split)
     fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}

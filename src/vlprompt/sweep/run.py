@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..engine.loggers import LOGGING_OPTIONS
 from ..engine.run import RunDir, atomic_write
 from ..errors import ConfigError, VlpromptError
 from .progress import Progress
@@ -62,6 +63,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
 
     Returns ``{"id", "status": "done" | "failed", "seconds", "error"?}``; failures write ``error.txt``.
     """
+    from ..engine.loggers import log_results
     from ..engine.train import hm
     from ..protocols.runs import RunSpec, evaluate_run, train_run
 
@@ -70,11 +72,14 @@ def execute(run: SweepRun) -> dict[str, Any]:
     err = rd.path / "error.txt"
     try:
         b2n = run.protocol == "base2new"
+        train_options = dict(run.train_options)
+        if train_options.get("log_to"):
+            train_options.setdefault("log_name", run.id)  # the run's name in TensorBoard / W&B
         spec = RunSpec(
             method=run.method, dataset=run.dataset, root=run.root, out=run.out, shots=run.shots, seed=run.seed,
             subsample="base" if b2n else "all", backbone=run.backbone, weights=run.weights,
             trust_checkpoint=run.trust_checkpoint, preset=run.preset, method_options=dict(run.method_options),
-            train_options=dict(run.train_options), device=run.device,
+            train_options=train_options, device=run.device,
         )
         res = train_run(spec)
         if b2n and "new_acc" not in res:
@@ -82,9 +87,11 @@ def execute(run: SweepRun) -> dict[str, Any]:
                                cache_dir=run.train_options.get("cache_dir", run.cache_dir), weights=run.weights,
                                trust_checkpoint=run.trust_checkpoint, device=run.device)
             res = {**res, "new_acc": new["acc"], "hm": hm(res["base_acc"], new["acc"])}
+            log_results(run.out, {"epochs": res.get("epochs"), "new_acc": res["new_acc"], "hm": res["hm"]})
         res = {**res, "sweep": {"id": run.id, "protocol": run.protocol, "dataset": run.dataset_label,
                                 "preset": run.preset, "method_options": run.method_options,
-                                "train_options": {k: v for k, v in run.train_options.items() if k != "cache_dir"}}}
+                                "train_options": {k: v for k, v in run.train_options.items()
+                                                  if k != "cache_dir" and k not in LOGGING_OPTIONS}}}
         rd.write_results(res)
         err.unlink(missing_ok=True)
         return {"id": run.id, "status": "done", "seconds": time.time() - t0}

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
 
 PROTOCOLS = ("base2new", "few-shot")
@@ -116,7 +117,7 @@ class Sweep:
                                         train_opts["cache_dir"] = self.cache_dir
                                     rid = run_id(protocol, m.name, ds.label, k, seed, preset,
                                                  method_opts, {k2: v for k2, v in train_opts.items()
-                                                               if k2 != "cache_dir"})
+                                                               if k2 != "cache_dir" and k2 not in LOGGING_OPTIONS})
                                     runs.append(SweepRun(
                                         id=rid, out=str(Path(self.out) / rid), protocol=protocol, method=m.name,
                                         dataset=ds.name, dataset_label=ds.label, root=str(root), shots=k,
