@@ -25,7 +25,7 @@ def test_demo_tasks_are_the_base_tasks():
 def test_run_demo_writes_table_report_and_plot(suite, tmp_path):
     out = tmp_path / "demo"
     res = run_demo(out, methods=["zeroshot", "linear-probe", "coop"], tasks=["tiny/shapes", "tiny/colours"],
-                   epochs=1, root=str(suite), log=None)
+                   epochs=1, root=str(suite), workers=1, log=None)
     avg = res["average"]
     for m in ("zeroshot", "coop"):
         b = [res["rows"][t][m]["base"] for t in ("tiny/shapes", "tiny/colours")]
@@ -37,9 +37,9 @@ def test_run_demo_writes_table_report_and_plot(suite, tmp_path):
     assert "| **average** |" in md and "zeroshot B" in md
     png = out / "demo_bars.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second call reuses the finished runs
+    # a second call (two worker processes) reuses the finished runs
     again = run_demo(out, methods=["zeroshot", "linear-probe", "coop"], tasks=["tiny/shapes", "tiny/colours"],
-                     epochs=1, root=str(suite), log=None)
+                     epochs=1, root=str(suite), workers=2, log=None)
     assert again["average"] == avg
 
 

@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None, help="override the 10 training epochs (quick checks)")
     p.add_argument("--suite", default=".", help="tiny suite folder (default: the cache, generated on first use)")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each (default 2)")
     return parser
 
 
@@ -343,7 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     kw = {"methods": methods} if methods else {}
     res = run_demo(args.out, backbone=args.backbone, weights=args.weights, tasks=tasks, seed=args.seed,
-                   epochs=args.epochs, root=args.suite, **kw)
+                   epochs=args.epochs, root=args.suite, workers=args.workers, **kw)
     print("\n" + res["table"])
     print(f"\nreport: {Path(args.out) / 'demo.md'}; run directories under {args.out}/")
 
