@@ -44,6 +44,8 @@ def test_multitask_and_vtab_expansion(tmp_path):
         parse_sweep({"methods": ["coop"], "datasets": ["dtd"], "lrs": [1.0]})
     with pytest.raises(ConfigError, match="cannot share"):
         parse_sweep({"methods": ["coop"], "datasets": ["dtd"], "protocol": ["vtab", "few-shot"]})
+    with pytest.raises(ConfigError, match="single datasets"):
+        parse_sweep({"methods": ["coop-mt"], "datasets": ["eurosat", "a,b"], "protocol": "multitask"})
     with pytest.raises(ConfigError, match="shots"):
         parse_sweep({"methods": ["coop"], "datasets": ["vtab/dtd"], "protocol": "vtab", "shots": [16]})
 
@@ -102,7 +104,21 @@ def _mtimes(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
 
 
-def test_multitask_and_vtab_sweeps_resume_and_report(suite, cache_dir, tmp_path, capsys):
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run the local executor's runs in this process (the worker pool is covered by test_sweep.py): no
+    spawn, torch import and backbone load per sweep."""
+    from vlprompt.sweep import run as run_mod
+
+    def run_local(runs, workers, on_start, on_done, threads=None):
+        for r in runs:
+            on_start(r.id)
+            on_done(run_mod.execute(r))
+
+    monkeypatch.setattr(run_mod, "run_local", run_local)
+
+
+def test_multitask_and_vtab_sweeps_resume_and_report(suite, cache_dir, tmp_path, capsys, in_process):
     runs_dir = tmp_path / "runs"
     mt_file = _write(tmp_path / "mt.yaml", {
         "name": "mt", "methods": [{"name": "softcpt-nata", "options": {"n_ctx": 4}}],

@@ -320,6 +320,13 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
 
     datasets = [_parse_dataset(d) for d in _as_list(data["datasets"], [])]
     datasets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in datasets]
+    if "multitask" in protocols:
+        from ..data.multitask import is_group_spec
+
+        single = [d.name for d in datasets if not is_group_spec(d.name)]
+        if single:
+            raise ConfigError(f"sweep: protocol multitask trains on task groups; {single} are single datasets "
+                              "(expected tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or 'a,b,c')")
     return Sweep(
         methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
         protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
