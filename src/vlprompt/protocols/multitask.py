@@ -20,6 +20,11 @@ def group_slug(group: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", s.replace(",", "+")).strip("_") or "group"
 
 
+def group_spec(template: RunSpec, group: str, shots: int | None, seed: int, out: str | Path) -> RunSpec:
+    """The spec of one multi-task run: ``template`` trained on all classes of ``group`` (K shots, seed)."""
+    return dataclasses.replace(template, dataset=group, shots=shots, seed=seed, subsample="all", out=str(out))
+
+
 def multitask(
     template: RunSpec, groups: list[str], shots: list[int] = (16,), seeds: list[int] = (1, 2, 3)
 ) -> dict[str, Any]:
@@ -40,8 +45,7 @@ def multitask(
         for k in shots:
             for seed in seeds:
                 out = Path(template.out) / group_slug(group) / f"shots{k}" / f"seed{seed}"
-                spec = dataclasses.replace(template, dataset=group, shots=k, seed=seed, subsample="all", out=str(out))
-                res = train_run(spec)
+                res = train_run(group_spec(template, group, k, seed, out))
                 runs.append({"group": group, "shots": k, "seed": seed, "acc": res["acc"],
                              "per_task": res.get("per_task", {})})
     cols = [f"{k}-shot" for k in shots]

@@ -15,16 +15,29 @@ from typing import Any
 from ..engine.run import atomic_write
 from ..errors import VlpromptError
 from .plots import have_matplotlib, plot_base2new_bars, plot_few_shot_curves, plot_plugin_deltas
-from .tables import accuracy_tables, base2new_tables, collect, mean_std, render_accuracy, render_base2new
+from .tables import (
+    accuracy_tables,
+    base2new_tables,
+    collect,
+    mean_std,
+    multitask_task_tables,
+    render_accuracy,
+    render_base2new,
+    render_multitask_tasks,
+    render_vtab,
+    vtab_tables,
+)
 
-__all__ = ["accuracy_tables", "base2new_tables", "collect", "mean_std", "report_main", "write_report"]
+__all__ = ["accuracy_tables", "base2new_tables", "collect", "mean_std", "multitask_task_tables", "report_main",
+           "vtab_tables", "write_report"]
 
 
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Any]:
     """Tally every ``results.json`` under ``root`` into ``out`` (default ``<root>/report``).
 
     Writes ``base2new.{md,csv}`` + ``base2new_compare.csv``, ``few_shot.{md,csv}`` +
-    ``few_shot_compare.csv`` (and the same for any other accuracy protocol), ``README.md`` (all tables),
+    ``few_shot_compare.csv`` (and the same for any other accuracy protocol; ``multitask`` adds
+    ``multitask_tasks.{md,csv}``), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
     and with matplotlib ``base2new_bars.png``, ``few_shot_curves.png``, ``plugin_deltas.png``.
 
     Returns:
@@ -38,9 +51,16 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if b2n:
         files.update(render_base2new(b2n))
     acc: dict[str, dict[str, Any]] = {}
-    for protocol in sorted({r["protocol"] for r in rows} - {"base2new"}):
+    for protocol in sorted({r["protocol"] for r in rows} - {"base2new", "vtab"}):
         acc[protocol] = accuracy_tables(rows, protocol)
         files.update(render_accuracy(acc[protocol], protocol))
+        if protocol == "multitask":
+            per_task = multitask_task_tables(rows)
+            if per_task:
+                files.update(render_multitask_tasks(per_task))
+    vt = vtab_tables(rows)
+    if vt:
+        files.update(render_vtab(vt))
     note = None
     if not rows:
         note = f"no results.json with 'acc' found under {root}"

@@ -13,12 +13,13 @@ from typing import Any
 from ..engine.train import hm
 from ..errors import ConfigError
 from ..protocols.tables import summarize_base2new
+from ..protocols.vtab import summarize_vtab, vtab_markdown
 
 
 def _variant(res: dict[str, Any]) -> str:
     """The id suffix after ``seed<S>`` (``-<preset>-<hash>``) of a sweep run, '' otherwise."""
     rid = (res.get("sweep") or {}).get("id", "")
-    m = re.search(r"/seed\d+(.*)$", rid)
+    m = re.search(r"/seeds?[\d+]+(.*)$", rid)
     return m.group(1) if m else ""
 
 
@@ -28,18 +29,27 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     Row keys: ``method`` (with the sweep id's ``-<preset>-<hash>`` suffix when a method has runs of several
     such variants; runs outside a sweep keep the bare name),
     ``dataset`` (the sweep's dataset label when present), ``protocol`` (``base2new`` when the run has
-    ``new_acc``), ``shots``, ``seed``, ``acc``, ``base_acc``, ``new_acc``, ``hm``, ``path``.
+    ``new_acc``), ``shots``, ``seed``, ``acc``, ``base_acc``, ``new_acc``, ``hm``, ``path``, ``per_task``
+    (multi-task runs) and ``vtab_runs`` / ``backbone_params`` (VTAB: the final runs behind the row).
+
+    The inner runs of a VTAB sweep run (grid and seeds, below its own ``results.json``) are not rows:
+    the sweep run stands for them.
     """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"report: '{root}' is not a directory")
-    rows = []
+    found = []
     for p in sorted(root.rglob("results.json")):
         try:
             res = json.loads(p.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(res, dict) or "acc" not in res or "method" not in res:
+        if isinstance(res, dict) and "acc" in res and "method" in res:
+            found.append((p, res))
+    vtab_dirs = {p.parent for p, res in found if (res.get("sweep") or {}).get("protocol") == "vtab"}
+    rows = []
+    for p, res in found:
+        if any(d in p.parent.parents for d in vtab_dirs):  # inner runs of a VTAB sweep run
             continue
         sweep = res.get("sweep") or {}
         b2n = res.get("new_acc") is not None and res.get("base_acc") is not None
@@ -51,7 +61,9 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             "base_acc": res.get("base_acc"), "new_acc": res.get("new_acc"),
             "hm": res.get("hm") if res.get("hm") is not None
             else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
-            "path": str(p.parent),
+            "path": str(p.parent), "per_task": res.get("per_task"),
+            "vtab_runs": res.get("runs") if sweep.get("protocol") == "vtab" else None,
+            "backbone_params": res.get("backbone_params"),
         })
     variants: dict[str, set[str]] = {}  # sweep variants (preset / options) of a method: split only when several
     for r in rows:
@@ -221,3 +233,98 @@ def render_accuracy(tables: dict[str, dict[str, Any]], protocol: str = "few-shot
         f"{stem}.csv": _csv(["method", "dataset", "shots", "acc", "acc_std", "seeds"], long_rows),
         f"{stem}_compare.csv": _csv(header, cmp_body),
     }
+
+
+def multitask_task_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: per (group, task) × shots accuracy mean ± std over seeds (multi-task runs' ``per_task``)."""
+    rs_all = [r for r in rows if r["protocol"] == "multitask" and r.get("per_task")]
+    out: dict[str, dict[str, Any]] = {}
+    for method in _order([r["method"] for r in rs_all]):
+        rs = [r for r in rs_all if r["method"] == method]
+        shots = sorted({r["shots"] for r in rs}, key=_shots_key)
+        keys = _order([(r["dataset"], t) for r in rs for t in r["per_task"]])
+        cells: dict[tuple[str, str, Any], tuple[float, float, int]] = {}
+        for group, task in keys:
+            for k in shots:
+                v = [float(r["per_task"][task]) for r in rs
+                     if r["dataset"] == group and r["shots"] == k and task in r["per_task"]]
+                if v:
+                    cells[(group, task, k)] = (*mean_std(v), len(v))
+        out[method] = {"shots": shots, "tasks": keys, "cells": cells}
+    return out
+
+
+def render_multitask_tasks(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Markdown section and CSV of the per-task accuracies of multi-task runs."""
+    md = ["# multitask: accuracy per task\n",
+          "Accuracy (%) of each task on its own classes: mean ± std over seeds (the group rows of "
+          "`multitask.md` are the unweighted means over these tasks).\n"]
+    long_rows: list[list[Any]] = []
+    for method, t in tables.items():
+        header = ["group", "task"] + [f"{_kname(k)}-shot" for k in t["shots"]]
+        body = []
+        for group, task in t["tasks"]:
+            row = [group, task]
+            for k in t["shots"]:
+                c = t["cells"].get((group, task, k))
+                row.append(_pm(c[0], c[1]) if c else "")
+                if c:
+                    long_rows.append([method, group, task, _kname(k), f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+            body.append(row)
+        md += [f"## {method}\n", _md(header, body)]
+    return {"multitask_tasks.md": "\n".join(md),
+            "multitask_tasks.csv": _csv(["method", "group", "task", "shots", "acc", "acc_std", "seeds"], long_rows)}
+
+
+def vtab_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: :func:`vlprompt.protocols.vtab.summarize_vtab` over its final VTAB runs.
+
+    A VTAB sweep row contributes the per-seed runs it holds (``vtab_runs``); a final run of
+    ``vlprompt vtab`` (protocol ``vtab``, outside a sweep) contributes itself.
+    """
+    from ..data.vtab import vtab_group
+
+    out: dict[str, dict[str, Any]] = {}
+    vt = [r for r in rows if r["protocol"] == "vtab"]
+    for method in _order([r["method"] for r in vt]):
+        finals: list[dict[str, Any]] = []
+        params = None
+        for r in (r for r in vt if r["method"] == method):
+            if r.get("vtab_runs"):
+                finals += r["vtab_runs"]
+                params = params or r.get("backbone_params")
+            else:
+                finals.append({"dataset": r["dataset"], "group": vtab_group(r["dataset"]) or "other",
+                               "seed": r["seed"], "acc": r["acc"]})
+        out[method] = summarize_vtab(finals, params)
+    return out
+
+
+def render_vtab(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Per method the VTAB-1k table (per task mean ± std, group means, tuned %), a comparison and CSVs."""
+    from ..data.vtab import GROUPS
+
+    md = ["# VTAB-1k\n", "Per task: test top-1 mean ± std over the final seeds, the chosen (base lr, wd); "
+          "group means over the group's tasks present; mean of the VTAB group means.\n"]
+    long_rows: list[list[Any]] = []
+    for method, s in tables.items():
+        md.append("#" + vtab_markdown(s, method))
+        for r in s["rows"]:
+            long_rows.append([method, r["dataset"], r["group"], f"{r['acc']:.4f}", f"{r['std']:.4f}",
+                              len(r["seeds"]), r.get("base_lr", ""), r.get("wd", ""),
+                              f"{r['tuned_percent']:.6f}" if "tuned_percent" in r else ""])
+    groups = [g for g in (*GROUPS, "fgvc", "other") if any(g in s["groups"] for s in tables.values())]
+    header = ["method", *groups, "mean of groups", "tuned %"]
+    body = []
+    for method, s in tables.items():
+        row = [method] + [f"{s['groups'][g]['acc']:.2f}" if g in s["groups"] else "" for g in groups]
+        mog = s["overall"]["mean_of_groups"]
+        row.append(f"{mog:.2f}" if mog is not None else "")
+        tp = s.get("tuned_percent_mean")
+        row.append(f"{tp:.4f}" if tp is not None else "")
+        body.append(row)
+    md += ["## Method comparison (group means)\n", _md(header, body)]
+    return {"vtab.md": "\n".join(md),
+            "vtab.csv": _csv(["method", "dataset", "group", "acc", "acc_std", "seeds", "base_lr", "wd",
+                              "tuned_percent"], long_rows),
+            "vtab_compare.csv": _csv(header, body)}

@@ -31,13 +31,18 @@ STATUS_FILE = "sweep_status.json"
 
 
 def is_complete(run: SweepRun) -> bool:
-    """True when ``results.json`` holds the run's final numbers (``new_acc``/``hm`` too for base2new)."""
+    """True when ``results.json`` holds the run's final numbers (``new_acc``/``hm`` too for base2new,
+    ``per_task`` for multitask, the per-seed ``runs`` for vtab)."""
     try:
         res = RunDir(run.out).read_results()
     except (OSError, ValueError):
         return False
     if not res or "acc" not in res or res.get("sweep", {}).get("id") != run.id:
         return False
+    if run.protocol == "multitask":
+        return "per_task" in res
+    if run.protocol == "vtab":
+        return "runs" in res and "group" in res
     return run.protocol != "base2new" or ("new_acc" in res and "hm" in res)
 
 
@@ -58,13 +63,40 @@ def gpu_count() -> int:
 
 
 # ----------------------------------------------------------------------------- one run (in a worker)
+def _vtab_results(run: SweepRun, spec: Any) -> dict[str, Any]:
+    """One VTAB sweep run: :func:`vlprompt.protocols.vtab.vtab` on the run's task (grid, then the final seeds,
+    all inside the run directory), summarised as the run's ``results.json``."""
+    from ..protocols.vtab import WDS, task_slug, vtab
+
+    summary = vtab(spec, [run.dataset], lrs=list(run.lrs) if run.lrs else None, wds=list(run.wds or WDS),
+                   seeds=list(run.seeds), scale_lr=run.scale_lr)
+    row = summary["rows"][0]
+    best = summary["choices"][row["dataset"]]
+    res: dict[str, Any] = {
+        "method": run.method, "dataset": row["dataset"], "protocol": "vtab", "backbone": run.backbone,
+        "weights": run.weights, "shots": None, "seed": None, "group": row["group"], "acc": row["acc"],
+        "std": row["std"], "seeds": row["seeds"], "base_lr": best["base_lr"], "wd": best["wd"],
+        "lr": summary["runs"][0]["lr"], "val_acc": best.get("val_acc"),
+        "trainable_params": row.get("trainable_params"), "tuned_percent": row.get("tuned_percent"),
+        "backbone_params": summary["backbone_params"], "runs": summary["runs"],
+    }
+    choice = Path(run.out) / task_slug(row["dataset"]) / "tune" / "choice.json"
+    if choice.is_file():
+        res["grid"] = json.loads(choice.read_text())["grid"]
+    return res
+
+
 def execute(run: SweepRun) -> dict[str, Any]:
     """Train (or resume) one run and, for base2new, evaluate its new classes; never raises.
+
+    ``multitask`` trains on the task group (:func:`vlprompt.protocols.multitask.group_spec`); ``vtab`` runs
+    the whole VTAB-1k protocol of one task in the run directory (its inner runs resume on their own).
 
     Returns ``{"id", "status": "done" | "failed", "seconds", "error"?}``; failures write ``error.txt``.
     """
     from ..engine.loggers import log_results
     from ..engine.train import hm
+    from ..protocols.multitask import group_spec
     from ..protocols.runs import RunSpec, evaluate_run, train_run
 
     t0 = time.time()
@@ -73,7 +105,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
     try:
         b2n = run.protocol == "base2new"
         train_options = dict(run.train_options)
-        if train_options.get("log_to"):
+        if train_options.get("log_to") and run.protocol != "vtab":
             train_options.setdefault("log_name", run.id)  # the run's name in TensorBoard / W&B
         spec = RunSpec(
             method=run.method, dataset=run.dataset, root=run.root, out=run.out, shots=run.shots, seed=run.seed,
@@ -81,7 +113,12 @@ def execute(run: SweepRun) -> dict[str, Any]:
             trust_checkpoint=run.trust_checkpoint, preset=run.preset, method_options=dict(run.method_options),
             train_options=train_options, device=run.device,
         )
-        res = train_run(spec)
+        if run.protocol == "vtab":
+            res = _vtab_results(run, spec)
+        elif run.protocol == "multitask":
+            res = train_run(group_spec(spec, run.dataset, run.shots, run.seed, run.out))
+        else:
+            res = train_run(spec)
         if b2n and "new_acc" not in res:
             new = evaluate_run(run.out, run.dataset, run.root, "new",
                                cache_dir=run.train_options.get("cache_dir", run.cache_dir), weights=run.weights,
@@ -90,6 +127,8 @@ def execute(run: SweepRun) -> dict[str, Any]:
             log_results(run.out, {"epochs": res.get("epochs"), "new_acc": res["new_acc"], "hm": res["hm"]})
         res = {**res, "sweep": {"id": run.id, "protocol": run.protocol, "dataset": run.dataset_label,
                                 "preset": run.preset, "method_options": run.method_options,
+                                **({"lrs": run.lrs, "wds": run.wds, "scale_lr": run.scale_lr}
+                                   if run.protocol == "vtab" else {}),
                                 "train_options": {k: v for k, v in run.train_options.items()
                                                   if k != "cache_dir" and k not in LOGGING_OPTIONS}}}
         rd.write_results(res)

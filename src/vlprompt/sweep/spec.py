@@ -4,9 +4,11 @@ Schema (see ``docs/sweeps.md``)::
 
     methods: [zeroshot, coop, {name: coop+dept, options: {n_ctx: 4}}]
     datasets: [eurosat, dtd, {name: imagefolder, root: /data/shapes, label: shapes}, imagefolder@/data/x]
-    protocol: base2new            # base2new | few-shot | all
+    protocol: base2new            # base2new | few-shot | all | multitask | vtab
     shots: [16]
-    seeds: [1, 2, 3]
+    seeds: [1, 2, 3]              # vtab: the final seeds of one run (default VPT's 42 44 82 100 800)
+    lrs: [10, 1, 0.1]             # vtab only: the base-lr × wd grid (default VPT's)
+    wds: [0.001, 0.0]
     presets: [dept]               # optional; null/omitted = no preset
     overrides: {train: {epochs: 1}, method: {}}   # or a list of such dicts (one variant each)
     backbone: tiny-clip
@@ -14,8 +16,9 @@ Schema (see ``docs/sweeps.md``)::
     data_root: ~/data
     out: runs/my_sweep
 
-Run id: ``<protocol>/<method>/<dataset>/shots<K>/seed<S>[-<preset>][-<hash of options>]``; the run
-directory is ``<out>/<id>``.
+Run id: ``<protocol>/<method>/<dataset>/shots<K>/seed<S>[-<preset>][-<hash of options>]``
+(``vtab``: ``vtab/<method>/<dataset>/seeds<S1+S2+...>[-<preset>][-<hash>]``, one run = the grid and the
+final seeds of one task); the run directory is ``<out>/<id>``.
 """
 
 from __future__ import annotations
@@ -33,9 +36,15 @@ import yaml
 from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
 
-PROTOCOLS = ("base2new", "few-shot")
+PROTOCOLS = ("base2new", "few-shot", "multitask", "vtab")
+#: what ``protocol: all`` expands to
+ALL_PROTOCOLS = ("base2new", "few-shot")
 _KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
-         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name"}
+         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr"}
+_VTAB_KEYS = ("lrs", "wds", "scale_lr")
+#: VPT's / E2VPT's seeds of the final runs (``vlprompt.protocols.vtab.VTAB_SEEDS``; not imported: no torch here)
+_VTAB_SEEDS = (42, 44, 82, 100, 800)
+_GROUP_FILES = (".yaml", ".yml", ".json")
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,10 @@ class SweepRun:
     trust_checkpoint: bool = False
     device: str = "auto"
     cache_dir: str | None = None
+    seeds: tuple[int, ...] = ()
+    lrs: tuple[float, ...] | None = None
+    wds: tuple[float, ...] | None = None
+    scale_lr: bool = True
 
 
 @dataclass
@@ -97,34 +110,55 @@ class Sweep:
     device: str = "auto"
     cache_dir: str | None = None
     name: str = "sweep"
+    lrs: list[float] | None = None
+    wds: list[float] | None = None
+    scale_lr: bool = True
 
     def expand(self) -> list[SweepRun]:
-        """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant."""
+        """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant.
+
+        ``vtab`` runs have no shots and no seed axis: one run per method × dataset × preset × variant
+        trains the lr × wd grid and every seed of ``seeds``.
+        """
         runs: list[SweepRun] = []
         for protocol in self.protocols:
+            vtab = protocol == "vtab"
             for m in self.methods:
                 for ds in self.datasets:
                     root = ds.root if ds.root is not None else self.data_root
                     if root is None:
                         raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or datasets[].root")
-                    for k in self.shots:
-                        for seed in self.seeds:
+                    dataset = ds.name
+                    if protocol == "multitask" and dataset.endswith(_GROUP_FILES):  # a group file under the root
+                        dataset = os.path.expanduser(dataset)
+                        if not os.path.isabs(dataset):
+                            dataset = os.path.join(os.path.expanduser(str(root)), dataset)
+                    for k in [None] if vtab else self.shots:
+                        for seed in [self.seeds[0]] if vtab else self.seeds:
                             for preset in self.presets:
                                 for ov in self.overrides:
                                     method_opts = {**ov.get("method", {}), **m.options}
                                     train_opts = dict(ov.get("train", {}))
                                     if self.cache_dir and "cache_dir" not in train_opts:
                                         train_opts["cache_dir"] = self.cache_dir
-                                    rid = run_id(protocol, m.name, ds.label, k, seed, preset,
-                                                 method_opts, {k2: v for k2, v in train_opts.items()
-                                                               if k2 != "cache_dir" and k2 not in LOGGING_OPTIONS})
+                                    hashed = {k2: v for k2, v in train_opts.items()
+                                              if k2 != "cache_dir" and k2 not in LOGGING_OPTIONS}
+                                    if vtab:
+                                        grid = {"lrs": self.lrs, "wds": self.wds,
+                                                "scale_lr": None if self.scale_lr else False}
+                                        rid = vtab_run_id(m.name, ds.label, self.seeds, preset, method_opts,
+                                                          hashed, {k2: v for k2, v in grid.items() if v is not None})
+                                    else:
+                                        rid = run_id(protocol, m.name, ds.label, k, seed, preset, method_opts, hashed)
                                     runs.append(SweepRun(
                                         id=rid, out=str(Path(self.out) / rid), protocol=protocol, method=m.name,
-                                        dataset=ds.name, dataset_label=ds.label, root=str(root), shots=k,
+                                        dataset=dataset, dataset_label=ds.label, root=str(root), shots=k,
                                         seed=seed, preset=preset, method_options=method_opts,
                                         train_options=train_opts, backbone=self.backbone, weights=self.weights,
                                         trust_checkpoint=self.trust_checkpoint, device=self.device,
-                                        cache_dir=self.cache_dir,
+                                        cache_dir=self.cache_dir, seeds=tuple(self.seeds) if vtab else (),
+                                        lrs=tuple(self.lrs) if vtab and self.lrs else None,
+                                        wds=tuple(self.wds) if vtab and self.wds else None, scale_lr=self.scale_lr,
                                     ))
         ids = [r.id for r in runs]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -163,6 +197,40 @@ def run_id(protocol: str, method: str, dataset: str, shots: int | None, seed: in
     return "/".join([_safe(protocol), _safe(method), _safe(dataset), f"shots{k}", last])
 
 
+def vtab_run_id(method: str, dataset: str, seeds: list[int] | tuple[int, ...], preset: str | None = None,
+                method_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None,
+                grid: dict[str, Any] | None = None) -> str:
+    """``vtab/<method>/<dataset>/seeds<S1+S2+...>[-<preset>][-<hash>]``; explicit grid keys join the hash.
+
+    Example:
+        >>> vtab_run_id("vpt-deep", "vtab_cifar", [42, 44])
+        'vtab/vpt-deep/vtab_cifar/seeds42+44'
+    """
+    last = "seeds" + "+".join(str(s) for s in seeds)
+    if preset:
+        last += f"-{_safe(preset)}"
+    train = dict(train_options or {})
+    if grid:
+        train["vtab_grid"] = grid
+    h = options_hash(method_options or {}, train)
+    if h:
+        last += f"-{h}"
+    return "/".join(["vtab", _safe(method), _safe(dataset), last])
+
+
+def group_label(name: str) -> str:
+    """The default label of a dataset name: a group file → its stem, ``"a,b"`` → ``a+b``, else the name.
+
+    Example:
+        >>> group_label("plant6/split_dk_Plant6.json"), group_label("tiny-group/real")
+        ('split_dk_Plant6', 'tiny-group_real')
+    """
+    s = str(name)
+    if s.endswith(_GROUP_FILES):
+        s = Path(s).stem
+    return _safe(s.replace(",", "+"))
+
+
 def _as_list(v: Any, default: list[Any]) -> list[Any]:
     if v is None:
         return list(default)
@@ -174,7 +242,7 @@ def _parse_dataset(d: Any) -> DatasetEntry:
         name, _, root = d.partition("@")
         root = root or None
         label = name if root is None else f"{name}-{Path(root).name}" if name in ("imagefolder", "csv") else name
-        return DatasetEntry(name.strip(), os.path.expanduser(root) if root else None, _safe(label))
+        return DatasetEntry(name.strip(), os.path.expanduser(root) if root else None, group_label(label.strip()))
     if isinstance(d, dict) and "name" in d:
         unknown = set(d) - {"name", "root", "label"}
         if unknown:
@@ -183,7 +251,7 @@ def _parse_dataset(d: Any) -> DatasetEntry:
         default = d["name"] if root is None or d["name"] not in ("imagefolder", "csv") else \
             f"{d['name']}-{Path(str(root)).name}"
         return DatasetEntry(str(d["name"]), os.path.expanduser(str(root)) if root else None,
-                            _safe(str(d.get("label") or default)))
+                            _safe(str(d["label"])) if d.get("label") else group_label(str(default)))
     raise ConfigError(f"datasets entry {d!r}: expected a name, 'name@root' or {{name, root, label}}")
 
 
@@ -220,12 +288,27 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         if not data.get(key):
             raise ConfigError(f"sweep: '{key}' is required and must not be empty")
     protocol = data.get("protocol", "few-shot")
-    protocols = list(PROTOCOLS) if protocol == "all" else _as_list(protocol, ["few-shot"])
+    protocols = list(ALL_PROTOCOLS) if protocol == "all" else _as_list(protocol, ["few-shot"])
     for p in protocols:
         if p not in PROTOCOLS:
-            raise ConfigError(f"sweep: protocol {p!r}; expected base2new, few-shot or all")
+            raise ConfigError(f"sweep: protocol {p!r}; expected one of {', '.join(PROTOCOLS)} or all")
+    vtab = "vtab" in protocols
+    if vtab and len(protocols) > 1:
+        raise ConfigError("sweep: protocol vtab cannot share a sweep file with other protocols (its seeds are the "
+                          "final seeds of one run); use one file per protocol")
+    given = [k for k in _VTAB_KEYS if k in data]
+    if given and not vtab:
+        raise ConfigError(f"sweep: {given} apply to protocol vtab only")
+    if vtab and data.get("shots") not in (None, "all", [None], ["all"]):
+        raise ConfigError("sweep: protocol vtab uses the full train800 / val200 splits; remove 'shots'")
     shots = [None if s in (None, "all") else int(s) for s in _as_list(data.get("shots"), [16])]
-    seeds = [int(s) for s in _as_list(data.get("seeds"), [1])]
+    seeds = [int(s) for s in _as_list(data.get("seeds"), list(_VTAB_SEEDS) if vtab else [1])]
+    if not seeds:
+        raise ConfigError("sweep: 'seeds' must not be empty")
+    lrs = [float(v) for v in _as_list(data["lrs"], [])] if data.get("lrs") is not None else None
+    wds = [float(v) for v in _as_list(data["wds"], [])] if data.get("wds") is not None else None
+    if lrs == [] or wds == []:
+        raise ConfigError("sweep: 'lrs' / 'wds' must not be empty (omit them for VPT's grid)")
     presets = [None if p in (None, "none", "") else str(p) for p in _as_list(data.get("presets"), [None])]
     overrides = [_parse_override(o) for o in _as_list(data.get("overrides"), [{}])]
 
@@ -237,6 +320,13 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
 
     datasets = [_parse_dataset(d) for d in _as_list(data["datasets"], [])]
     datasets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in datasets]
+    if "multitask" in protocols:
+        from ..data.multitask import is_group_spec
+
+        single = [d.name for d in datasets if not is_group_spec(d.name)]
+        if single:
+            raise ConfigError(f"sweep: protocol multitask trains on task groups; {single} are single datasets "
+                              "(expected tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or 'a,b,c')")
     return Sweep(
         methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
         protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
@@ -244,6 +334,7 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         trust_checkpoint=bool(data.get("trust_checkpoint", False)), data_root=resolve(data.get("data_root")),
         out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
         cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
+        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)),
     )
 
 
