@@ -27,9 +27,10 @@ from .tables import (
     render_vtab,
     vtab_tables,
 )
+from .transfer import TRANSFER_PROTOCOLS, render_transfer, transfer_tables
 
 __all__ = ["accuracy_tables", "base2new_tables", "collect", "mean_std", "multitask_task_tables", "report_main",
-           "vtab_tables", "write_report"]
+           "transfer_tables", "vtab_tables", "write_report"]
 
 
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Any]:
@@ -37,7 +38,8 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
 
     Writes ``base2new.{md,csv}`` + ``base2new_compare.csv``, ``few_shot.{md,csv}`` +
     ``few_shot_compare.csv`` (and the same for any other accuracy protocol; ``multitask`` adds
-    ``multitask_tasks.{md,csv}``), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
+    ``multitask_tasks.{md,csv}``), ``cross_dataset.{md,csv}`` / ``domain_gen.{md,csv}`` (+ ``_compare.csv``:
+    methods × source, targets, average), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
     and with matplotlib ``base2new_bars.png``, ``few_shot_curves.png``, ``plugin_deltas.png``.
 
     Returns:
@@ -51,7 +53,11 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if b2n:
         files.update(render_base2new(b2n))
     acc: dict[str, dict[str, Any]] = {}
-    for protocol in sorted({r["protocol"] for r in rows} - {"base2new", "vtab"}):
+    for protocol in TRANSFER_PROTOCOLS:
+        xd = transfer_tables(rows, protocol)
+        if xd:
+            files.update(render_transfer(xd, protocol))
+    for protocol in sorted({r["protocol"] for r in rows} - {"base2new", "vtab", *TRANSFER_PROTOCOLS}):
         acc[protocol] = accuracy_tables(rows, protocol)
         files.update(render_accuracy(acc[protocol], protocol))
         if protocol == "multitask":

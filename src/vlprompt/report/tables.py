@@ -63,7 +63,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
             "path": str(p.parent), "per_task": res.get("per_task"),
             "vtab_runs": res.get("runs") if sweep.get("protocol") == "vtab" else None,
-            "backbone_params": res.get("backbone_params"),
+            "backbone_params": res.get("backbone_params"), "targets": res.get("targets"),
         })
     variants: dict[str, set[str]] = {}  # sweep variants (preset / options) of a method: split only when several
     for r in rows:

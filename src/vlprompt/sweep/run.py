@@ -43,6 +43,8 @@ def is_complete(run: SweepRun) -> bool:
         return "per_task" in res
     if run.protocol == "vtab":
         return "runs" in res and "group" in res
+    if run.targets:
+        return set(res.get("targets") or {}) >= {label for _, _, label in run.targets}
     return run.protocol != "base2new" or ("new_acc" in res and "hm" in res)
 
 
@@ -86,6 +88,23 @@ def _vtab_results(run: SweepRun, spec: Any) -> dict[str, Any]:
     return res
 
 
+def _transfer_results(run: SweepRun, res: dict[str, Any]) -> dict[str, Any]:
+    """Cross-dataset / domain-gen: evaluate the source-trained prompts on each target not evaluated yet
+    (prompts re-targeted to the target's class names, its whole test set). Adds ``targets`` (label → acc),
+    ``target_avg`` (mean over targets) and ``source_acc``; ``acc`` stays the source accuracy."""
+    from ..protocols.runs import evaluate_run
+
+    done = dict(res.get("targets") or {})
+    for name, root, label in run.targets:
+        if label not in done:
+            ev = evaluate_run(run.out, name, root, "all", cache_dir=run.train_options.get("cache_dir", run.cache_dir),
+                              weights=run.weights, trust_checkpoint=run.trust_checkpoint, device=run.device)
+            done[label] = ev["acc"]
+    targets = {label: done[label] for _, _, label in run.targets}
+    return {**res, "source_acc": res["acc"], "targets": targets,
+            "target_avg": sum(targets.values()) / len(targets)}
+
+
 def execute(run: SweepRun) -> dict[str, Any]:
     """Train (or resume) one run and, for base2new, evaluate its new classes; never raises.
 
@@ -119,6 +138,8 @@ def execute(run: SweepRun) -> dict[str, Any]:
             res = train_run(group_spec(spec, run.dataset, run.shots, run.seed, run.out))
         else:
             res = train_run(spec)
+        if run.targets:
+            res = _transfer_results(run, res)
         if b2n and "new_acc" not in res:
             new = evaluate_run(run.out, run.dataset, run.root, "new",
                                cache_dir=run.train_options.get("cache_dir", run.cache_dir), weights=run.weights,
@@ -129,6 +150,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
                                 "preset": run.preset, "method_options": run.method_options,
                                 **({"lrs": run.lrs, "wds": run.wds, "scale_lr": run.scale_lr}
                                    if run.protocol == "vtab" else {}),
+                                **({"targets": [label for _, _, label in run.targets]} if run.targets else {}),
                                 "train_options": {k: v for k, v in run.train_options.items()
                                                   if k != "cache_dir" and k not in LOGGING_OPTIONS}}}
         rd.write_results(res)

@@ -4,7 +4,8 @@ Schema (see ``docs/sweeps.md``)::
 
     methods: [zeroshot, coop, {name: coop+dept, options: {n_ctx: 4}}]
     datasets: [eurosat, dtd, {name: imagefolder, root: /data/shapes, label: shapes}, imagefolder@/data/x]
-    protocol: base2new            # base2new | few-shot | all | multitask | vtab
+    protocol: base2new            # base2new | few-shot | all | multitask | vtab | cross-dataset | domain-gen
+    targets: [caltech101, dtd]    # cross-dataset / domain-gen only: evaluated with the source's prompts
     shots: [16]
     seeds: [1, 2, 3]              # vtab: the final seeds of one run (default VPT's 42 44 82 100 800)
     lrs: [10, 1, 0.1]             # vtab only: the base-lr × wd grid (default VPT's)
@@ -36,11 +37,15 @@ import yaml
 from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
 
-PROTOCOLS = ("base2new", "few-shot", "multitask", "vtab")
+PROTOCOLS = ("base2new", "few-shot", "multitask", "vtab", "cross-dataset", "domain-gen")
+#: protocols that train on a source dataset (all classes) and evaluate on ``targets``
+TRANSFER_PROTOCOLS = ("cross-dataset", "domain-gen")
+#: ``domain-gen`` targets when an ``imagenet`` source has none (``vlprompt.protocols.transfer.IMAGENET_SHIFTS``)
+_IMAGENET_SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 #: what ``protocol: all`` expands to
 ALL_PROTOCOLS = ("base2new", "few-shot")
 _KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
-         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr"}
+         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr", "targets"}
 _VTAB_KEYS = ("lrs", "wds", "scale_lr")
 #: VPT's / E2VPT's seeds of the final runs (``vlprompt.protocols.vtab.VTAB_SEEDS``; not imported: no torch here)
 _VTAB_SEEDS = (42, 44, 82, 100, 800)
@@ -89,6 +94,8 @@ class SweepRun:
     lrs: tuple[float, ...] | None = None
     wds: tuple[float, ...] | None = None
     scale_lr: bool = True
+    #: cross-dataset / domain-gen: ``(name, root, label)`` of each target, evaluated after training
+    targets: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -113,6 +120,25 @@ class Sweep:
     lrs: list[float] | None = None
     wds: list[float] | None = None
     scale_lr: bool = True
+    targets: list[DatasetEntry] = field(default_factory=list)
+
+    def _targets(self, protocol: str, source: DatasetEntry) -> tuple[tuple[str, str, str], ...]:
+        if protocol not in TRANSFER_PROTOCOLS:
+            return ()
+        entries = self.targets
+        if not entries and protocol == "domain-gen" and source.name == "imagenet":
+            entries = [DatasetEntry(n, None, n) for n in _IMAGENET_SHIFTS]
+        if not entries:
+            raise ConfigError(f"sweep: protocol {protocol} needs 'targets' (the datasets evaluated with the prompts "
+                              f"trained on {source.label!r}); only an imagenet source defaults to "
+                              f"{', '.join(_IMAGENET_SHIFTS)}")
+        out = []
+        for t in entries:
+            root = t.root if t.root is not None else self.data_root
+            if root is None:
+                raise ConfigError(f"target {t.label!r} has no root; set data_root or targets[].root")
+            out.append((t.name, str(root), t.label))
+        return tuple(out)
 
     def expand(self) -> list[SweepRun]:
         """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant.
@@ -159,6 +185,7 @@ class Sweep:
                                         cache_dir=self.cache_dir, seeds=tuple(self.seeds) if vtab else (),
                                         lrs=tuple(self.lrs) if vtab and self.lrs else None,
                                         wds=tuple(self.wds) if vtab and self.wds else None, scale_lr=self.scale_lr,
+                                        targets=self._targets(protocol, ds),
                                     ))
         ids = [r.id for r in runs]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -320,6 +347,13 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
 
     datasets = [_parse_dataset(d) for d in _as_list(data["datasets"], [])]
     datasets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in datasets]
+    if data.get("targets") is not None and not set(protocols) & set(TRANSFER_PROTOCOLS):
+        raise ConfigError(f"sweep: 'targets' apply to protocols {' / '.join(TRANSFER_PROTOCOLS)} only")
+    targets = [_parse_dataset(d) for d in _as_list(data.get("targets"), [])]
+    targets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in targets]
+    dup = sorted({t.label for t in targets if [u.label for u in targets].count(t.label) > 1})
+    if dup:
+        raise ConfigError(f"sweep: targets {dup} appear twice; give them distinct labels")
     if "multitask" in protocols:
         from ..data.multitask import is_group_spec
 
@@ -334,7 +368,7 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         trust_checkpoint=bool(data.get("trust_checkpoint", False)), data_root=resolve(data.get("data_root")),
         out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
         cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
-        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)),
+        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)), targets=targets,
     )
 
 
