@@ -30,3 +30,17 @@ def shapes_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("feature_cache"))
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run the sweep's runs in this process (no spawn, torch import and backbone
+    load per sweep; the worker pool itself is covered by test_sweep.py)."""
+    from vlprompt.sweep import run as run_mod
+
+    def run_local(runs, workers, on_start, on_done, threads=None):
+        for r in runs:
+            on_start(r.id)
+            on_done(run_mod.execute(r))
+
+    monkeypatch.setattr(run_mod, "run_local", run_local)

@@ -106,20 +106,6 @@ def _mtimes(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in out.rglob("results.json")}
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run the local executor's runs in this process (the worker pool is covered by test_sweep.py): no
-    spawn, torch import and backbone load per sweep."""
-    from vlprompt.sweep import run as run_mod
-
-    def run_local(runs, workers, on_start, on_done, threads=None):
-        for r in runs:
-            on_start(r.id)
-            on_done(run_mod.execute(r))
-
-    monkeypatch.setattr(run_mod, "run_local", run_local)
-
-
 def test_multitask_and_vtab_sweeps_resume_and_report(suite, cache_dir, tmp_path, capsys, in_process):
     runs_dir = tmp_path / "runs"
     mt_file = _write(tmp_path / "mt.yaml", {

@@ -69,19 +69,6 @@ def suite(tmp_path_factory):
     return generate_suite(tmp_path_factory.mktemp("suite") / "tiny-suite", tasks=["shapes", "shapes_sketch", "colours"])
 
 
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run the sweep's runs in this process (the worker pool is covered by test_sweep.py)."""
-    from vlprompt.sweep import run as run_mod
-
-    def run_local(runs, workers, on_start, on_done, threads=None):
-        for r in runs:
-            on_start(r.id)
-            on_done(run_mod.execute(r))
-
-    monkeypatch.setattr(run_mod, "run_local", run_local)
-
-
 def test_domain_gen_sweep_adds_targets_without_retraining(suite, cache_dir, tmp_path, in_process):
     from vlprompt.protocols.runs import evaluate_run
 
