@@ -73,6 +73,19 @@ def test_corpus_skips_sources_missing_from_manifest(suite):
     assert set(corpus.mixture) <= set(MIXTURE)
 
 
+def test_optional_sources_switch(suite):
+    """The default recipe leaves Fashion-/Animal-MNIST out whatever is installed (the shipped checkpoint's
+    corpus); the switch adds those that are installed and in the suite."""
+    off = PretrainCorpus(suite, seed=0, optional_sources=False)
+    assert {"fashion", "animals"} <= set(off.skipped) and not {"fashion", "animals"} & set(off.mixture)
+    assert all("left out" in off.skipped[n] for n in ("fashion", "animals"))
+    on = PretrainCorpus(suite, seed=0)
+    manifest = json.loads((suite / "manifest.json").read_text())
+    for name in ("fashion", "animals"):
+        assert (name in on.mixture) == (name in manifest["tasks"])
+    assert abs(sum(off.mixture.values()) - 1) < 1e-9
+
+
 def test_pretrain_smoke_writes_all_files_and_loads(suite, tmp_path):
     out = tmp_path / "run"
     # the CI smoke test of the issue: `vlprompt pretrain-tiny --steps 50 --out DIR` (default batch 128)

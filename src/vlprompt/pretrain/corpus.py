@@ -148,6 +148,8 @@ class PretrainCorpus:
         seed: corpus seed (item ``i`` depends only on ``seed`` and ``i``).
         mixture: source weights (defaults to :data:`MIXTURE`); unavailable sources are dropped.
         exclude_splits: which manifest identities to exclude (default: every suite image).
+        optional_sources: use the optional sources (Fashion-MNIST, Animal-MNIST) when they are installed;
+            False leaves them out whatever is installed (the shipped tiny-clip recipe).
 
     Example:
         >>> corpus = PretrainCorpus(seed=0)
@@ -157,7 +159,7 @@ class PretrainCorpus:
 
     def __init__(self, manifest: str | os.PathLike[str] | dict | None = None, seed: int = 0,
                  mixture: dict[str, float] | None = None,
-                 exclude_splits: Sequence[str] = ("test", "trainable")):
+                 exclude_splits: Sequence[str] = ("test", "trainable"), optional_sources: bool = True):
         if manifest is None:
             from vlprompt.data.tiny import ensure_suite
 
@@ -169,7 +171,9 @@ class PretrainCorpus:
         for name in list(mix):
             if name not in _RENDERERS:
                 raise ValueError(f"unknown corpus source {name!r}; known: {sorted(_RENDERERS)}")
-            if name in _OPTIONAL and not _OPTIONAL[name]():
+            if name in _OPTIONAL and not optional_sources:
+                self.skipped[name] = "optional source left out (optional_sources=False)"
+            elif name in _OPTIONAL and not _OPTIONAL[name]():
                 self.skipped[name] = "optional source not installed"
             elif name in _INDEXED and _INDEXED[name][0] not in covered:
                 self.skipped[name] = "installed but not in the suite manifest (its test images are unknown)"

@@ -48,6 +48,7 @@ DEFAULT_EVAL_TASKS: tuple[str, ...] = ("shapes", "colours", "digits", "textures"
 DEFAULT_RECIPE: dict = {
     "steps": 1500, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 30, "seed": 0,
     "precision": "bf16", "num_threads": 2, "eval_every": 100, "storage": "fp16", "grouped_sources": 0,
+    "optional_sources": False,
 }
 MAX_LOG_SCALE = math.log(100.0)
 
@@ -142,6 +143,7 @@ def pretrain(
     manifest: str | os.PathLike[str] | dict | None = None,
     fixed_batch: bool = False,
     grouped_sources: int = DEFAULT_RECIPE["grouped_sources"],
+    optional_sources: bool = DEFAULT_RECIPE["optional_sources"],
     log: Callable[[str], None] | None = print,
 ) -> dict:
     """Train tiny-clip contrastively and write curve, checkpoint, recipe and metrics into ``out_dir``.
@@ -161,6 +163,8 @@ def pretrain(
         grouped_sources: half of every batch comes from this many sources (equal slices), so the
             contrastive loss sees many same-source negatives (positions vs positions, ...); the other
             half is drawn from the mixture. 0: fully mixed batches.
+        optional_sources: add Fashion-MNIST / Animal-MNIST to the corpus when installed (and in the
+            suite). Off by default, so the default recipe is the shipped one whatever is installed.
         log: progress printer (``None``: silent).
 
     Returns:
@@ -174,7 +178,7 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     warmup = min(30, steps // 20) if warmup_steps is None else int(warmup_steps)
     torch.set_num_threads(int(num_threads))
-    corpus = PretrainCorpus(manifest, seed=seed)
+    corpus = PretrainCorpus(manifest, seed=seed, optional_sources=optional_sources)
     model = build_model(seed)
     model.train()
     tokenizer = open_clip.get_tokenizer(ARCH)
@@ -194,7 +198,7 @@ def pretrain(
         "loss": "open_clip ClipLoss (symmetric InfoNCE), logit_scale clamped to log(100)",
         "precision": precision, "num_threads": num_threads, "storage": storage, "eval_tasks": list(eval_tasks),
         "eval_every": eval_every, "fixed_batch": fixed_batch, "grouped_sources": grouped_sources,
-        "corpus": corpus.describe(),
+        "optional_sources": optional_sources, "corpus": corpus.describe(),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
@@ -290,6 +294,8 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated tiny tasks evaluated zero-shot on val ('' disables)")
     p.add_argument("--grouped-sources", type=int, default=r["grouped_sources"],
                    help="half of each batch comes from this many corpus sources (0: fully mixed batches)")
+    p.add_argument("--optional-sources", action="store_true",
+                   help="also train on Fashion-MNIST / Animal-MNIST when installed (not in the shipped recipe)")
     p.add_argument("--storage", choices=("fp16", "fp32"), default=r["storage"], help="checkpoint tensor dtype")
     p.add_argument("--suite", default=None, help="tiny suite folder (default: the cache, generated if needed)")
     a = p.parse_args(list(argv) if argv is not None else None)
@@ -298,5 +304,5 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
     pretrain(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, weight_decay=a.weight_decay,
              warmup_steps=a.warmup_steps, precision=a.precision, num_threads=a.threads, eval_every=a.eval_every,
              eval_tasks=[t for t in a.eval_tasks.split(",") if t], storage=a.storage, manifest=a.suite,
-             grouped_sources=a.grouped_sources)
+             grouped_sources=a.grouped_sources, optional_sources=a.optional_sources)
     return 0

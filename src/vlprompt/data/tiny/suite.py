@@ -425,13 +425,17 @@ def generate_suite(root: str | os.PathLike[str], force: bool = False,
     manifest["test_identities"] = sorted(ids["test"])
     manifest["trainable_identities"] = sorted(ids["trainable"])
     _write(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    if root.exists():
-        shutil.rmtree(root)
+    old = None
+    if root.exists():  # moved aside and deleted after the swap: no folder only between two renames
+        old = root.with_name(f".{root.name}.old{os.getpid()}")
+        os.replace(root, old)
     root.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, root)
     except OSError:  # another process won the race: keep its suite
         shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return root
 
 
