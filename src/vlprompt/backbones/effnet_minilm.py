@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
@@ -194,6 +195,7 @@ class EffNetMiniLMBackbone(Backbone):
         self.register_buffer("align_bias", torch.zeros(self.embed_dim), persistent=False)
         self.register_buffer("_logit_scale", torch.tensor(float(logit_scale)), persistent=False)
         self.aligned = False
+        self.align_lambda = float("nan")
 
     def set_alignment(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Install the text → image-space map ``(text_width, embed_dim)``, ``(embed_dim,)``."""
@@ -309,12 +311,9 @@ def imagenet_classnames() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-def fit_alignment(bb: EffNetMiniLMBackbone, lam: float | None = None, chunk: int = 250) -> RidgeFit:
-    """Fit the ridge map from MiniLM(``ALIGN_TEMPLATE``(class)) to the classifier rows, in float64.
-
-    Example:
-        >>> fit = fit_alignment(bb)      # λ chosen by class-held-out 5-fold CV on LAMBDA_GRID
-    """
+def alignment_data(bb: EffNetMiniLMBackbone, chunk: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(X, Y)`` of the alignment fit, float64: MiniLM sentence embeddings ``(1000, 384)`` of
+    ``ALIGN_TEMPLATE`` for every ImageNet class and the classifier weight rows ``(1000, 1280)``."""
     texts = [ALIGN_TEMPLATE.format(c) for c in imagenet_classnames()]
     tok = bb.tokenize(texts)
     order = torch.argsort(bb.eot_index(tok), stable=True)  # similar lengths together: less padding
@@ -325,7 +324,16 @@ def fit_alignment(bb: EffNetMiniLMBackbone, lam: float | None = None, chunk: int
             t = tok[rows].to(bb.device)
             x[rows] = bb.sentence_embedding(bb.embed(t), bb.eot_index(t)).double().cpu()
     y = bb.image_model._fc.weight.detach().double().cpu()
-    return fit_ridge_map(x, y, lam=lam)
+    return x, y
+
+
+def fit_alignment(bb: EffNetMiniLMBackbone, lam: float | None = None) -> RidgeFit:
+    """Fit the ridge map from MiniLM(``ALIGN_TEMPLATE``(class)) to the classifier rows, in float64.
+
+    Example:
+        >>> fit = fit_alignment(bb)      # λ chosen by class-held-out 5-fold CV on LAMBDA_GRID
+    """
+    return fit_ridge_map(*alignment_data(bb), lam=lam)
 
 
 def alignment_path(weights_key: str) -> Path:
@@ -333,21 +341,29 @@ def alignment_path(weights_key: str) -> Path:
 
 
 def load_or_fit_alignment(bb: EffNetMiniLMBackbone, weights_key: str) -> Path:
-    """Read the cached alignment of these weights, or fit and store it (atomic write)."""
+    """Read the cached alignment of these weights, or fit and store it (atomic write).
+
+    The file holds ``weight`` ``(384, 1280)``, ``bias`` ``(1280,)``, the regression inputs ``x``
+    ``(1000, 384)`` (the targets are the classifier rows) and, as metadata, ``λ`` and the CV scores.
+    """
     path = alignment_path(weights_key)
     if path.exists():
-        state = load_file(str(path))
-        bb.set_alignment(state["weight"], state["bias"])
+        with safe_open(str(path), "pt") as f:
+            bb.set_alignment(f.get_tensor("weight"), f.get_tensor("bias"))
+            bb.align_lambda = float((f.metadata() or {}).get("lambda", "nan"))
         return path
     logger.info("%s: fitting the text→image alignment (first use; cached at %s)", NAME, path)
-    fit = fit_alignment(bb)
+    x, y = alignment_data(bb)
+    fit = fit_ridge_map(x, y)
     bb.set_alignment(fit.weight, fit.bias)
+    bb.align_lambda = fit.lam
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     meta = {"lambda": str(fit.lam), "cv": json.dumps(fit.cv), "template": ALIGN_TEMPLATE,
             "version": str(ALIGN_VERSION)}
-    save_file({"weight": fit.weight.float().contiguous(), "bias": fit.bias.float().contiguous()}, str(tmp),
-              metadata=meta)
+    tensors = {"weight": fit.weight.float().contiguous(), "bias": fit.bias.float().contiguous(),
+               "x": x.float().contiguous()}  # the regression inputs, kept so the fit can be checked
+    save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
