@@ -348,10 +348,14 @@ def load_or_fit_alignment(bb: EffNetMiniLMBackbone, weights_key: str) -> Path:
     """
     path = alignment_path(weights_key)
     if path.exists():
-        with safe_open(str(path), "pt") as f:
-            bb.set_alignment(f.get_tensor("weight"), f.get_tensor("bias"))
-            bb.align_lambda = float((f.metadata() or {}).get("lambda", "nan"))
-        return path
+        try:
+            with safe_open(str(path), "pt") as f:
+                if set(f.keys()) >= {"weight", "bias", "x"}:
+                    bb.set_alignment(f.get_tensor("weight"), f.get_tensor("bias"))
+                    bb.align_lambda = float((f.metadata() or {}).get("lambda", "nan"))
+                    return path
+        except Exception as e:  # unreadable or wrong shapes (safetensors raises its own type): fit again
+            logger.warning("%s: ignoring the unreadable alignment cache %s (%s)", NAME, path, e)
     logger.info("%s: fitting the text→image alignment (first use; cached at %s)", NAME, path)
     x, y = alignment_data(bb)
     fit = fit_ridge_map(x, y)
