@@ -32,7 +32,8 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="tiny-clip", help="open_clip architecture, tiny-clip or timm:<ViT>")
+    p.add_argument("--backbone", default="tiny-clip",
+                   help="open_clip architecture, tiny-clip, effnet-minilm or timm:<ViT>")
     p.add_argument("--weights", help="checkpoint: .safetensors, open_clip state dict, OpenAI .pt archive")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
     p.add_argument("--device", default="auto")

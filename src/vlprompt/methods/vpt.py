@@ -93,8 +93,9 @@ def check_vision_prompt_backbone(backbone: Backbone, method: str) -> None:
     """Refuse backbones without a ViT image tower that accepts visual prompts."""
     if not backbone.supports_visual_prompts or not backbone.vision_width or not backbone.patch_size:
         raise ConfigError(
-            f"{method} prompts a ViT image tower; backbone {backbone.name!r} has none "
-            "(ResNet towers are not supported)"
+            f"{method} prompts a ViT image tower; backbone {backbone.name!r} has none (CNN towers such as "
+            "ResNet or EfficientNet are not supported); use a ViT backbone, e.g. tiny-clip, ViT-B-16 or "
+            "timm:vit_base_patch16_224"
         )
 
 
