@@ -15,6 +15,7 @@ write byte-identical files and train / val / test never share an image (nor, for
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -105,16 +106,18 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32("/".join(str(p) for p in (SUITE_ID, SUITE_VERSION, *parts)).encode()))
 
 
-def _pick(spec: RealSpec, labels: list[int], splits: tuple[str, ...], tag: str) -> dict[str, list[list[int]]]:
-    """Per split, per label: sorted source indices; disjoint slices of a seeded per-class permutation."""
+def _pick(spec: RealSpec, labels: list[int], eligible: np.ndarray, splits: tuple[str, ...],
+          tag: str) -> dict[str, list[list[int]]]:
+    """Per split, per label: sorted source indices; disjoint slices of a seeded per-class permutation of
+    the ``eligible`` indices."""
     arr = np.asarray(labels)
     sizes = dict(zip(SPLITS, spec.per_class, strict=True))
     out: dict[str, list[list[int]]] = {sp: [] for sp in splits}
     for label in range(len(spec.classnames)):
-        idx = np.flatnonzero(arr == label)
+        idx = np.flatnonzero((arr == label) & eligible)
         need = sum(sizes[sp] for sp in splits)
         if len(idx) < need:
-            raise DatasetError(f"real/{spec.name}: class {label} has {len(idx)} images in {spec.source}, "
+            raise DatasetError(f"real/{spec.name}: class {label} has {len(idx)} distinct images in {spec.source}, "
                                f"expected at least {need}")
         idx = idx[_rng(spec.name, tag, label).permutation(len(idx))]
         start = 0
@@ -122,6 +125,12 @@ def _pick(spec: RealSpec, labels: list[int], splits: tuple[str, ...], tag: str) 
             out[sp].append(sorted(int(i) for i in idx[start:start + sizes[sp]]))
             start += sizes[sp]
     return out
+
+
+def _content(image: np.ndarray | bytes) -> str:
+    """A digest of the pixels (arrays) or file bytes, to drop duplicate source images."""
+    data = image if isinstance(image, bytes) else np.ascontiguousarray(image).tobytes()
+    return hashlib.sha1(data).hexdigest()
 
 
 def _encode(image: np.ndarray | bytes) -> tuple[bytes, str]:
@@ -186,13 +195,20 @@ def _fill(spec: RealSpec, tmp: Path) -> None:
     parts: list[tuple[tuple[str, ...], Reader, str]]
     if spec.test_from is None:
         parts = [(SPLITS, spec.read, "all")]
-    else:
-        parts = [(("train", "val"), spec.read, "trainval"), (("test",), spec.test_from, "test")]
+    else:  # test first, so that train/val can exclude copies of test images
+        parts = [(("test",), spec.test_from, "test"), (("train", "val"), spec.read, "trainval")]
     split: dict[str, list[list]] = {sp: [] for sp in SPLITS}
     identities: dict[str, list[str]] = {sp: [] for sp in SPLITS}
+    used: dict[str, str] = {}  # content digest -> split, over every written image
     for splits, read, tag in parts:
         images, labels, ids = read()
-        picks = _pick(spec, labels, splits, tag)
+        digests = [_content(im) for im in images]
+        first: set[str] = set()
+        eligible = np.zeros(len(images), bool)
+        for i, d in enumerate(digests):  # the first copy of each distinct image not used by another split
+            eligible[i] = d not in first and d not in used
+            first.add(d)
+        picks = _pick(spec, labels, eligible, splits, tag)
         for sp in splits:
             for label, indices in enumerate(picks[sp]):
                 cname = spec.classnames[label]
@@ -202,11 +218,8 @@ def _fill(spec: RealSpec, tmp: Path) -> None:
                     _write(tmp / "images" / rel, data)
                     split[sp].append([rel, label, cname])
                     identities[sp].append(f"{tag}:{ids[i]}")
-    seen: set[str] = set()
-    for sp in SPLITS:  # guard: cannot happen with disjoint permutation slices / separate source files
-        if seen & set(identities[sp]):
-            raise RuntimeError(f"real/{spec.name}: {sp} shares images with an earlier split")
-        seen |= set(identities[sp])
+                    if used.setdefault(digests[i], sp) != sp:  # guard: eligibility excludes this
+                        raise RuntimeError(f"real/{spec.name}: an image of {sp} is also in {used[digests[i]]}")
     _write(tmp / f"split_zhou_{spec.display}.json", json.dumps(split, separators=(",", ":")))
     _write(tmp / "classnames.txt", "".join(f"{c}\n" for c in spec.classnames))
     _write(tmp / "template.txt", spec.template + "\n")
