@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import yaml
 
+from vlprompt import load_backbone
 from vlprompt.data.real import SPEC_BY_NAME
 from vlprompt.protocols.runs import RunSpec, train_run
 from vlprompt.report import base2new_tables, collect
@@ -94,6 +95,15 @@ def dept_effect(tables: dict, lp: dict[str, list[float]]) -> list[str]:
     return lines
 
 
+def check_backbone(name: str) -> None:
+    """Fail before any run if the backbone cannot be loaded or would be randomly initialised."""
+    bb = load_backbone(name)
+    weights = str(getattr(bb, "weights_id", ""))
+    if weights.startswith("random"):
+        raise SystemExit(f"backbone {name!r} loads without pretrained weights ({weights}); expected effnet-minilm "
+                         "(the realweights extra) or tiny-clip")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default=str(ROOT / "sweeps" / "real_base2new.yaml"))
@@ -128,6 +138,7 @@ def main() -> None:
     sweep = parse_sweep(data)
     out = Path(sweep.out)
     shots = sweep.shots[0]
+    check_backbone(sweep.backbone)
     start = _dt.datetime.now(_dt.timezone.utc)
     status = run_sweep(sweep, executor="local", workers=args.workers)
     if status.get("failures"):
