@@ -46,11 +46,14 @@ lint: $(STAMP)
 test: install lint
 	$(BIN)/python -m pytest
 
-# A short end-to-end run of the real-data benchmark script (1 seed, 1 dataset, 1 epoch); SMOKE_BACKBONE
-# picks the backbone (tiny-clip ships embedded; effnet-minilm needs the realweights packages).
-SMOKE_BACKBONE ?= tiny-clip
+# A short end-to-end run of the real-data benchmark script (1 seed, real/digits, zeroshot/coop/coop+dept,
+# 1 epoch). SMOKE_BACKBONE: effnet-minilm when it loads (the realweights packages), else the embedded
+# tiny-clip; evaluated after `install` has run.
+SMOKE_BACKBONE ?= $(shell $(BIN)/python -c "import vlprompt; vlprompt.load_backbone('effnet-minilm')" \
+  >/dev/null 2>&1 && echo effnet-minilm || echo tiny-clip)
 smoke-real: install
 	$(BIN)/vlprompt datasets | grep '^real/'
+	@echo "smoke-real backbone: $(SMOKE_BACKBONE)"
 	$(BIN)/python benchmarks/real_base2new.py --smoke --backbone $(SMOKE_BACKBONE) --out runs/smoke_real \
 	  --doc runs/smoke_real/real_base2new.md
 
