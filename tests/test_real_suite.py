@@ -143,3 +143,36 @@ def test_missing_source_names_the_install_command(tmp_path, monkeypatch):
 def test_unknown_name_lists_the_suite():
     with pytest.raises(ConfigError, match="real/digits"):
         vp.load_dataset("real/nope", None)
+
+
+def _benchmark_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "real_base2new.py"
+    spec = importlib.util.spec_from_file_location("real_base2new", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_sweep_and_helpers(monkeypatch, capsys):
+    import yaml
+
+    from vlprompt.sweep.spec import parse_sweep
+
+    root = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((root / "sweeps" / "real_base2new.yaml").read_text())
+    sweep = parse_sweep(data)
+    assert sweep.protocols == ["base2new"] and sweep.seeds == [1, 2, 3] and sweep.shots == [16]
+    assert {m.name for m in sweep.methods} == {"zeroshot", "coop", "coop+dept", "cocoop", "cocoop+dept", "kgcoop",
+                                               "kgcoop+dept"}
+    by_name = {s.name: s for s in SPECS}
+    for d in sweep.datasets:  # base-to-new needs >= 2 new classes
+        assert d.name.startswith("real/") and len(by_name[d.name[5:]].classnames) >= 4
+    bench = _benchmark_module()
+    monkeypatch.setenv("VLPROMPT_FASHION_MNIST", "/nonexistent")
+    keep, skipped = bench.available(["real/digits", "real/fashion_mnist"])
+    assert keep == ["real/digits"] and skipped == {"real/fashion_mnist": by_name["fashion_mnist"].install}
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().out
+    lines = bench.linear_probe_lines({"real_digits": [90.0, 92.0]})
+    assert lines[2] == "| real_digits | 91.00 ± 1.41 | 2 |" and lines[-1] == "| **average** | 91.00 | |"
