@@ -46,8 +46,8 @@ lint: $(STAMP)
 test: install lint
 	$(BIN)/python -m pytest
 
-# A short end-to-end run of the real-data benchmark script (1 seed, real/digits, zeroshot/coop/coop+dept,
-# 1 epoch). SMOKE_BACKBONE: effnet-minilm when it loads (the realweights packages), else the embedded
+# A short end-to-end run of the real-data benchmark script (1 seed, real/skimage_patches, zeroshot / coop /
+# coop+dept, 1 epoch). SMOKE_BACKBONE: effnet-minilm when it loads (the realweights packages), else the embedded
 # tiny-clip; evaluated after `install` has run.
 SMOKE_BACKBONE ?= $(shell $(BIN)/python -c "import vlprompt; vlprompt.load_backbone('effnet-minilm')" \
   >/dev/null 2>&1 && echo effnet-minilm || echo tiny-clip)

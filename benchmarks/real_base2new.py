@@ -10,7 +10,7 @@ invocation only rewrites the document.
 
     PYTHONPATH=src python benchmarks/real_base2new.py [--workers 2] [--backbone effnet-minilm]
     PYTHONPATH=src python benchmarks/real_base2new.py --smoke --backbone tiny-clip --out runs/smoke_real \\
-        --doc runs/smoke_real/real_base2new.md      # 1 seed, real/digits, 1 epoch: a pipeline check
+        --doc runs/smoke_real/real_base2new.md      # 1 seed, real/skimage_patches, 1 epoch: a pipeline check
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from vlprompt.sweep.spec import parse_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 BASES = ("coop", "cocoop", "kgcoop")
-SMOKE = {"seeds": [1], "datasets": ["real/digits"], "methods": ["zeroshot", "coop", "coop+dept"], "epochs": 1}
+SMOKE = {"seeds": [1], "datasets": ["real/skimage_patches"], "methods": ["zeroshot", "coop", "coop+dept"], "epochs": 1}
 
 
 def available(datasets: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -115,7 +115,8 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--methods", nargs="+", default=None, help="sweep methods (the linear probe always runs)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (checks only)")
-    p.add_argument("--smoke", action="store_true", help="1 seed, real/digits, zeroshot/coop/coop+dept, 1 epoch")
+    p.add_argument("--smoke", action="store_true",
+                   help="1 seed, real/skimage_patches, zeroshot/coop/coop+dept, 1 epoch")
     args = p.parse_args()
 
     data = yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8"))
