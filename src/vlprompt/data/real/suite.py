@@ -180,13 +180,20 @@ def generate_dataset(spec: RealSpec, target: Path, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        shutil.rmtree(target)
+    if not force and is_generated(target):  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    old = None
+    if target.exists():  # moved aside and deleted after the swap: readers never see a half folder
+        old = target.with_name(f".{target.name}.old{os.getpid()}")
+        os.replace(target, old)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, target)
     except OSError:  # another process won the race: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
