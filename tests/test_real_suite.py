@@ -101,6 +101,16 @@ def test_generation_is_byte_identical(name, loaded, tmp_path):
     assert first == _digests(again) and len(first) > 100
 
 
+def test_forced_regeneration_swaps_in_place(loaded, tmp_path):
+    spec = next(s for s in SPECS if s.name == "skimage_patches")
+    target = generate_dataset(spec, tmp_path / "patches")
+    before = _digests(target)
+    (target / "images" / "stray.txt").write_text("x")
+    assert generate_dataset(spec, target) == target and (target / "images" / "stray.txt").exists()  # kept
+    assert generate_dataset(spec, target, force=True) == target
+    assert _digests(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["patches"]
+
+
 def test_few_shot_base_new(loaded, cache, monkeypatch):
     monkeypatch.setenv("VLPROMPT_CACHE", str(cache))
     base = vp.load_dataset("real/digits", None, shots=16, seed=1, subsample="base")
