@@ -52,6 +52,8 @@ class RealSpec:
         install: the command that installs an optional source (empty for required sources).
         per_class: images per class in train / val / test (test at most 100).
         augment: training augmentation policy (``clip`` | ``crop`` | ``none``).
+        read: the reader of the source (``(images, labels, ids)``, see :mod:`.sources`).
+        available: whether the source is installed (cheap: no heavy import).
         test_from: a separate reader for the test split (Fashion-MNIST: its ``t10k`` file), or None to
             draw all three splits from disjoint parts of one permutation.
     """
