@@ -41,9 +41,10 @@ def test_unknown_name_lists_known_names():
 def test_list_is_sorted_canonical_names():
     names = list_datasets()
     assert names == sorted(names)
-    assert len([n for n in names if not n.startswith(("tiny/", "vtab/", "fgvc/"))]) == 17
+    assert len([n for n in names if not n.startswith(("tiny/", "vtab/", "fgvc/", "real/"))]) == 17
     assert len([n for n in names if n.startswith("vtab/")]) == 19
     assert len([n for n in names if n.startswith("fgvc/")]) == 5
+    assert len([n for n in names if n.startswith("real/")]) == 5
     assert "OxfordPets" not in names
 
 

@@ -207,10 +207,12 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 def cmd_datasets(args: argparse.Namespace) -> None:
     from .data import get_loader, list_datasets
+    from .data.real import real_status
 
+    real = real_status()  # real/<name> -> "available" | "missing: <install command>"
     for name in list_datasets():
         if not args.root:
-            print(name)
+            print(f"{name:26s} {real[name]}" if name in real else name)
             continue
         try:
             task = get_loader(name)(Path(args.root).expanduser())

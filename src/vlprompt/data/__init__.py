@@ -3,8 +3,8 @@
 Importing this package registers every dataset: the 11 CoOp benchmarks (ImageNet, Caltech101,
 OxfordPets, StanfordCars, OxfordFlowers, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101), the
 4 ImageNet variants (V2, Sketch, A, R), the 19 VTAB-1k tasks (``vtab/<task>``), the 5 FGVC datasets
-of VPT (``fgvc/<name>``), the tiny suite (``tiny/<task>``) and the generic ``imagefolder`` and ``csv``
-datasets.
+of VPT (``fgvc/<name>``), the tiny suite (``tiny/<task>``), the real-data suite (``real/<name>``) and
+the generic ``imagefolder`` and ``csv`` datasets.
 
 Example:
     >>> from vlprompt.data import load_dataset, ImageDataset, test_transform
@@ -18,7 +18,7 @@ import os
 
 from vlprompt.errors import ConfigError
 
-from . import coop_datasets, custom, fgvc, imagenet, tiny, vtab  # noqa: F401  (registers the datasets)
+from . import coop_datasets, custom, fgvc, imagenet, real, tiny, vtab  # noqa: F401  (registers the datasets)
 from .fewshot import (
     apply_few_shot,
     load_split,
