@@ -22,6 +22,9 @@ Weights (``weights=PATH``), detected by content:
   image towers and old timm layouts); the classifier ``head.*`` is dropped (the backbone
   has ``num_classes=0``); then loaded strictly — a mismatch raises :class:`CheckpointError`
   naming the keys;
+* MAE and MoCo-v3 ViT-B checkpoints in their published layouts (``{"model": ...}``;
+  ``{"state_dict": {"module.base_encoder.*", ...}}``), see :mod:`vlprompt.backbones.ssl`
+  (MAE as VPT: global average pooling, ``model_kwargs={"global_pool": "avg"}``);
 * Google's JAX ``.npz`` (e.g. ``imagenet21k_ViT-B_16.npz``, the VPT / E2VPT backbone), read
   by timm's own ``load_pretrained`` after a strict check of widths, patch size, sequence
   length and depth; ``pre_logits`` and ``head`` entries are ignored, as in VPT.
@@ -241,6 +244,7 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     from .checkpoints import _existing_file, _match_state_dict, read_checkpoint
+    from .ssl import convert_ssl_state, pooling_hint
 
     p = _existing_file(weights)
     if _is_npz(p):
@@ -251,7 +255,7 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"Checkpoint '{p}' does not match timm architecture '{arch}': {e}") from e
         return
-    state = read_checkpoint(p, trust_checkpoint=trust_checkpoint)
+    state = convert_ssl_state(read_checkpoint(p, trust_checkpoint=trust_checkpoint), model, str(p))
     try:
         state = checkpoint_filter_fn(state, model)
     except Exception as e:  # timm's converters raise many types on foreign layouts
@@ -262,7 +266,11 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
         del state[k]
     if dropped:
         logger.info("Ignoring the classifier of %s: %s", p, dropped)
-    model.load_state_dict(_match_state_dict(arch, model, state, p), strict=True)
+    try:
+        matched = _match_state_dict(arch, model, state, p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{pooling_hint(model, state)}") from None
+    model.load_state_dict(matched, strict=True)
 
 
 def load_timm_backbone(
