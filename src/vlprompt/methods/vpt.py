@@ -111,12 +111,18 @@ def vpt_head(in_dim: int, n_cls: int, device: torch.device | None = None) -> nn.
     return head
 
 
-def check_vision_prompt_backbone(backbone: Backbone, method: str) -> None:
-    """Refuse backbones without a ViT image tower that accepts visual prompts."""
+def check_vision_prompt_backbone(backbone: Backbone, method: str, kinds: tuple[str, ...] = ("shallow",)) -> None:
+    """Refuse backbones without a ViT image tower that accepts the visual prompt ``kinds``."""
     if not backbone.supports_visual_prompts or not backbone.vision_width or not backbone.patch_size:
         raise ConfigError(
             f"{method} prompts a ViT image tower; backbone {backbone.name!r} has none "
             "(ResNet towers are not supported)"
+        )
+    missing = [k for k in kinds if k not in backbone.prompt_kinds]
+    if missing:
+        raise ConfigError(
+            f"{method} needs {' and '.join(missing)} visual prompts, which backbone {backbone.name!r} does not "
+            f"support (it takes: {', '.join(backbone.prompt_kinds)}); on Swin use vpt-shallow or linear-probe"
         )
 
 
@@ -140,13 +146,15 @@ class VPT(PromptMethod):
     #: No text encoder is involved with the linear head (plug-ins that need image-text matching
     #: refuse it); ``classifier="text"`` sets it to ``True`` on the instance.
     has_text_side = False
+    #: Visual prompt kinds the backbone must accept (see ``Backbone.prompt_kinds``).
+    prompt_kinds: tuple[str, ...] = ("shallow",)
     #: How to give it one (shown by plug-ins that need a text side, e.g. DePT).
     text_side_hint = "build it with classifier='text' on a CLIP backbone: frozen hand-template class features"
     deep = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: VPTConfig) -> None:
         super().__init__(backbone, classnames, config)
-        check_vision_prompt_backbone(backbone, self.name)
+        check_vision_prompt_backbone(backbone, self.name, self.prompt_kinds)
         n, width = config.num_tokens, int(backbone.vision_width)
         val = prompt_init_bound(int(backbone.patch_size), width)
         device = backbone.device
@@ -259,3 +267,4 @@ class VPTDeep(VPT):
     name = "vpt-deep"
     Config = VPTDeepConfig
     deep = True
+    prompt_kinds = ("shallow", "deep")
