@@ -298,3 +298,12 @@ def test_vtab_protocol_with_e2vpt_pruning(tiny_vtab_root, tmp_path, cache_dir):
     assert again["pruned"]["rows"][0]["acc"] == after["acc"] and (base / "prune.json").stat().st_mtime_ns == mtime
     with pytest.raises(ConfigError, match="E2VPT's"):
         vtab(RunSpec("vpt-deep", "", ".", out=str(tmp_path / "x"), shots=None), ["tiny/vtab_eurosat"], prune=prune)
+
+
+def test_cli_prune_levels_need_prune(tmp_path, capsys):
+    assert main(["vtab", "--method", "e2vpt", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
+                 "--token-levels", "50"]) == 2
+    assert "--prune" in capsys.readouterr().err
+    assert main(["vtab", "--method", "vpt-deep", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
+                 "--prune", "--piece-levels", "50"]) == 2
+    assert "E2VPT's" in capsys.readouterr().err
