@@ -18,6 +18,11 @@ NAMES = ["red circle", "green_square", "blue triangle"]
 MATRIX_OPTIONS: dict[str, dict] = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2},
                                    "dapt-g": {"prompt_depth": 2}}
 
+#: Vision classifiers that get a text side from an option (VPT's ``classifier="text"`` on CLIP,
+#: DePT's VPT row): their plug-in combinations run with it.
+TEXT_OPTION = {"vpt-shallow": {"classifier": "text"}, "vpt-deep": {"classifier": "text"},
+               "e2vpt": {"classifier": "text"}}
+
 #: Methods whose learned weights are tied to the training classes: re-targeting is a ConfigError.
 FIXED_CLASSES = {"linear-probe", "softcpt-csta", "softcpt-csts"}
 
@@ -29,8 +34,14 @@ def matrix_names() -> list[str]:
 
     bases = [n for n in list_methods() if not n.startswith("+")]
     text_free = {b for b in bases if not getattr(get_method_class(b), "has_text_side", True)}
-    combos = [f"{b}+{p}" for p in _PLUGINS for b in bases if b not in ("zeroshot", "linear-probe", *text_free)]
+    combos = [f"{b}+{p}" for p in _PLUGINS for b in bases
+              if b not in ("zeroshot", "linear-probe", *text_free) or b in TEXT_OPTION]
     return bases + combos
+
+
+def matrix_options(name: str) -> dict:
+    base, *plugins = name.split("+")
+    return {**MATRIX_OPTIONS.get(base, {}), **(TEXT_OPTION.get(base, {}) if plugins else {})}
 
 
 def _open_clip_text(bb, embeds: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
@@ -112,7 +123,7 @@ def test_unknown_method_and_option(tiny_bb):
 def test_method_matrix(name, tiny_bb, tmp_path):
     """forward, backward, only trainable params get gradients, save → load → same logits, re-target."""
     torch.manual_seed(0)
-    model = vp.build_method(name, tiny_bb, NAMES, **MATRIX_OPTIONS.get(name.split("+")[0], {}))
+    model = vp.build_method(name, tiny_bb, NAMES, **matrix_options(name))
     images = torch.randn(4, 3, 64, 64)
     labels = torch.tensor([0, 1, 2, 0])
     if name == "linear-probe":

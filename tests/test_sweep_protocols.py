@@ -162,3 +162,29 @@ def test_multitask_and_vtab_sweeps_resume_and_report(suite, cache_dir, tmp_path,
     cmp = (report / "vtab_compare.csv").read_text().splitlines()
     assert cmp[0].startswith("method,specialized,mean of groups,tuned %")
     assert cmp[1].startswith(f"linear-probe,{vres['acc']:.2f}")
+
+
+def test_vtab_sweep_with_e2vpt_pruning_and_report(suite, cache_dir, tmp_path, in_process):
+    """`prune:` in a vtab sweep: e2vpt runs add the pruning stage (others ignore it); the report shows both rows."""
+    data = {"name": "vp", "methods": ["vpt-shallow", {"name": "e2vpt", "options": {"num_tokens": 4,
+                                                                                   "num_kv_tokens": 2}}],
+            "datasets": ["tiny/vtab_eurosat"], "protocol": "vtab", "lrs": [1.0], "wds": [0.0], "seeds": [42],
+            "prune": {"token_levels": [50], "piece_levels": [50]},
+            "overrides": {"train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "precision": "fp32"}},
+            "data_root": str(suite), "cache_dir": cache_dir, "out": str(tmp_path / "vp")}
+    vpt_run, e2_run = parse_sweep(data).expand()
+    assert vpt_run.prune is None and e2_run.prune == {"token_levels": [50.0], "piece_levels": [50.0]}
+    assert e2_run.id != parse_sweep({**data, "prune": None}).expand()[1].id  # the pruning stage is in the hash
+    assert vpt_run.id == parse_sweep({**data, "prune": None}).expand()[0].id
+    with pytest.raises(ConfigError, match="prune"):
+        parse_sweep({**data, "prune": {"levels": [1]}})
+    with pytest.raises(ConfigError, match="vtab only"):
+        parse_sweep({**data, "protocol": "few-shot"})
+    assert sweep_main([str(_write(tmp_path / "vp.yaml", data)), "--workers", "1"]) == 0
+    assert is_complete(e2_run) and is_complete(vpt_run)
+    res = json.loads((Path(e2_run.out) / "results.json").read_text())
+    assert res["pruned"]["token_pct"] == 50 and res["pruned"]["tuned_percent"] < res["tuned_percent"]
+    assert "pruned" not in json.loads((Path(vpt_run.out) / "results.json").read_text())
+    write_report(tmp_path / "vp", plots=False)
+    cmp = (tmp_path / "vp" / "report" / "vtab_compare.csv").read_text()
+    assert "e2vpt (pruned)," in cmp and "vpt-shallow," in cmp

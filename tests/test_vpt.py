@@ -40,6 +40,12 @@ def _timm_reference(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor
 
 def _clip_reference(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor:
     """The same on open_clip's ViT modules (conv1, class/positional embedding, ln_pre, resblocks, ln_post, proj)."""
+    feat = _clip_feature(bb, model, images, deep)
+    return feat @ model.head.weight.t() + model.head.bias
+
+
+def _clip_feature(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor:
+    """The prompted, projected CLS feature of open_clip's ViT built by hand."""
     v = bb.model.visual
     p = model.config.num_tokens
     x = v.conv1(images).flatten(2).transpose(1, 2)
@@ -52,8 +58,7 @@ def _clip_reference(bb, model, images: torch.Tensor, deep: bool) -> torch.Tensor
         if deep and i >= 1:
             x = torch.cat([x[:, :1], model.deep_prompt[i - 1].expand(b, -1, -1), x[:, 1 + p:]], dim=1)
         x = block(x)
-    feat = v.ln_post(x[:, 0]) @ v.proj
-    return feat @ model.head.weight.t() + model.head.bias
+    return v.ln_post(x[:, 0]) @ v.proj
 
 
 def test_config_defaults_and_init(timm_bb):
@@ -157,8 +162,12 @@ def test_classnames_and_plugins(timm_bb):
     model.reset_head(["a", "b"])
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2)
     assert torch.equal(model.prompt.detach(), prompt)
-    with pytest.raises(ConfigError, match="DePT"):
+    with pytest.raises(ConfigError, match="classifier='text'"):
         vp.build_method("vpt-deep+dept", timm_bb, NAMES)
+    with pytest.raises(ConfigError, match="text tower"):
+        vp.build_method("vpt-deep", timm_bb, NAMES, classifier="text")
+    with pytest.raises(ConfigError, match="classifier"):
+        vp.build_method("vpt-deep", timm_bb, NAMES, classifier="mlp")
     resnet = vp.load_backbone("RN50")
     with pytest.raises(ConfigError, match="ViT image tower"):
         vp.build_method("vpt-shallow", resnet, NAMES)
@@ -182,3 +191,61 @@ def test_fit_end_to_end(which, tiny_bb, timm_bb, shapes_root, cache_dir, tmp_pat
         assert torch.allclose(loaded(images), model(images), atol=1e-6)
     assert vp.evaluate(loaded, task.test, precision="fp32", cache_dir=cache_dir) == pytest.approx(res["acc"])
     assert F.softmax(loaded(images), -1).shape == (2, len(task.classnames))
+
+
+def _template_features(bb, names: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    """open_clip's own encode_text on the tokenised hand template, normalised."""
+    with torch.no_grad():
+        text = bb.model.encode_text(bb.tokenize([template.format(n) for n in names]))
+    return F.normalize(text, dim=-1)
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep"])
+def test_text_classifier_equals_zero_shot_head_formula(tiny_bb, name):
+    """classifier='text': logits = logit_scale · cos(prompted CLS feature, frozen template text)."""
+    torch.manual_seed(4)
+    model = vp.build_method(name, tiny_bb, NAMES, num_tokens=2, classifier="text")
+    assert model.head is None and model.has_text_side
+    assert {n for n, _ in model.named_parameters() if not n.startswith("backbone.")} == (
+        {"prompt", "deep_prompt"} if model.deep else {"prompt"})
+    images = torch.randn(2, 3, tiny_bb.image_size, tiny_bb.image_size)
+    with torch.no_grad():
+        ours = model(images, model.eval_text_features())
+        feat = F.normalize(_clip_feature(tiny_bb, model, images, deep=model.deep), dim=-1)
+        ref = 100.0 * feat @ _template_features(tiny_bb, NAMES).t()
+    assert ours.shape == (2, 3) and torch.allclose(ours, ref, atol=1e-4, rtol=1e-5)
+    model.set_classnames(["purple cross", "yellow star"])  # any class set: base → new
+    with torch.no_grad():
+        new = model(images)
+        ref_new = 100.0 * feat @ _template_features(tiny_bb, ["purple cross", "yellow star"]).t()
+    assert torch.allclose(new, ref_new, atol=1e-4, rtol=1e-5)
+
+
+def test_vpt_deep_dept_loss_and_fusion_formula(tiny_bb):
+    """DePT's VPT row: (1−λ)·CE(itm) + λ·CE([head(FiLM_t(t_y)); head(FiLM_i(f))], [y; y]); fused eval logits."""
+    torch.manual_seed(5)
+    model = vp.build_method("vpt-deep+dept", tiny_bb, NAMES, num_tokens=2, classifier="text", dropout=0.0)
+    with torch.no_grad():  # move FiLM / head away from identity so every term matters
+        for p in (*model.film_img.parameters(), *model.film_text.parameters(), *model.head.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
+    images = torch.randn(4, 3, tiny_bb.image_size, tiny_bb.image_size)
+    y = torch.tensor([0, 1, 2, 0])
+    out = model.train_outputs({"images": images, "labels": y})
+    with torch.no_grad():
+        f = _clip_feature(tiny_bb, model.inner, images, deep=True)
+        t = _template_features(tiny_bb, NAMES)
+        itm = 100.0 * F.normalize(f, dim=-1) @ t.t()
+        z_txt = model.head(t[y] * model.film_text.gamma + model.film_text.beta)
+        z_img = model.head(f * model.film_img.gamma + model.film_img.beta)
+        lam = 0.7
+        loss = (1 - lam) * F.cross_entropy(itm, y) + lam * F.cross_entropy(torch.cat([z_txt, z_img]), torch.cat([y, y]))
+        assert torch.allclose(out["loss"], loss, atol=1e-4, rtol=1e-5)
+        fused = model(images, model.eval_text_features())
+        assert torch.allclose(fused, (1 - lam) * itm + lam * z_img, atol=1e-4, rtol=1e-5)
+    out["loss"].backward()
+    named = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert named == {"inner.prompt", "inner.deep_prompt", "film_img.gamma", "film_img.beta",
+                     "film_text.gamma", "film_text.beta", "head.weight", "head.bias"}
+    model.set_classnames(["purple cross", "yellow star"])  # new classes: the ITM (text) head alone
+    with torch.no_grad():
+        assert model(images).shape == (4, 2)

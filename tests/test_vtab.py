@@ -268,3 +268,42 @@ def test_folders_of_other_datasets_are_not_taken(tmp_path):
     cub = FGVC_BUILDERS["fgvc/cub"](tmp_path)
     with pytest.raises(DatasetError, match="Stanford Dogs"):
         load_dataset("fgvc/stanford_dogs", cub)
+
+
+def test_vtab_protocol_with_e2vpt_pruning(tiny_vtab_root, tmp_path, cache_dir):
+    """grid → final seeds → prune + rewind on train800/val200 → final seeds with the masks; before/after report."""
+    from vlprompt.protocols.vtab import PruneOptions
+
+    train = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "cache_dir": cache_dir, "precision": "fp32"}
+    spec = RunSpec("e2vpt", "", str(tiny_vtab_root), out=str(tmp_path / "vtab"), shots=None,
+                   method_options={"num_tokens": 4, "num_kv_tokens": 2}, train_options=train)
+    prune = PruneOptions(token_levels=(50,), piece_levels=(50,))
+    s = vtab(spec, ["tiny/vtab_eurosat"], lrs=[1.0], wds=[0.0], seeds=[42], prune=prune)
+    base = tmp_path / "vtab" / "tiny_vtab_eurosat" / "prune"
+    search = json.loads((base / "prune.json").read_text())
+    assert (search["token_pct"], search["piece_pct"]) == (50, 50)
+    assert sum(search["token_mask"]) == 2  # floor(4 · 50 %) of 4 tokens pruned
+    assert all(sum(row) == 8 for row in search["piece_mask"])  # 8 of 16 pieces per token kept
+    res = RunDir(base / "final" / "seed42").read_results()
+    assert res["protocol"] == "vtab-pruned" and res["n_test"] == 40
+    before, after = s["rows"][0], s["pruned"]["rows"][0]
+    visual = search["visual_prompt_params"]
+    assert after["trainable_params"] == before["trainable_params"] - round(search["pruned_fraction"] * visual)
+    assert after["tuned_percent"] < before["tuned_percent"]
+    assert s["pruning"]["tiny/vtab_eurosat"]["val_acc"] == search["val_acc"]
+    md = (tmp_path / "vtab" / "vtab.md").read_text()
+    assert "After E2VPT pruning + rewinding" in md and "50 / 50" in md
+    mtime = (base / "prune.json").stat().st_mtime_ns
+    again = vtab(spec, ["tiny/vtab_eurosat"], lrs=[1.0], wds=[0.0], seeds=[42], prune=prune)  # all done: skipped
+    assert again["pruned"]["rows"][0]["acc"] == after["acc"] and (base / "prune.json").stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="E2VPT's"):
+        vtab(RunSpec("vpt-deep", "", ".", out=str(tmp_path / "x"), shots=None), ["tiny/vtab_eurosat"], prune=prune)
+
+
+def test_cli_prune_levels_need_prune(tmp_path, capsys):
+    assert main(["vtab", "--method", "e2vpt", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
+                 "--token-levels", "50"]) == 2
+    assert "--prune" in capsys.readouterr().err
+    assert main(["vtab", "--method", "vpt-deep", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
+                 "--prune", "--piece-levels", "50"]) == 2
+    assert "E2VPT's" in capsys.readouterr().err

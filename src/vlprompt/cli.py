@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-seed", type=int, help="seed of the grid runs (default: the first final seed)")
     p.add_argument("--no-lr-scale", action="store_true", help="use the base lr as is (VPT: lr x batch / 256)")
     p.add_argument("--no-tune", action="store_true", help="skip the grid: one --lrs and one --wds value")
+    p.add_argument("--prune", action="store_true",
+                   help="e2vpt: prune + rewind on the tuning split, then the final seeds with the pruned masks")
+    p.add_argument("--token-levels", nargs="+", type=float, help="--prune token levels %% (default 10 ... 90)")
+    p.add_argument("--piece-levels", nargs="+", type=float, help="--prune segment levels %% (default 10 ... 90)")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset")
     _add_backbone_args(p)
@@ -310,16 +314,26 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
 
 
+def _prune_options(args: argparse.Namespace, options_cls: type) -> Any:
+    """``PruneOptions`` from ``--prune`` / ``--token-levels`` / ``--piece-levels`` (``None`` without ``--prune``)."""
+    if not args.prune:
+        if args.token_levels or args.piece_levels:
+            raise ConfigError("vtab: --token-levels / --piece-levels need --prune")
+        return None
+    levels = {k: tuple(v) for k, v in (("token_levels", args.token_levels), ("piece_levels", args.piece_levels)) if v}
+    return options_cls(**levels)
+
+
 def cmd_vtab(args: argparse.Namespace) -> None:
-    from .protocols.vtab import VTAB_SEEDS, WDS, vtab
+    from .protocols.vtab import VTAB_SEEDS, WDS, PruneOptions, vtab
 
     if args.lr is not None or args.weight_decay is not None:
         raise ConfigError("vtab: the learning rate and weight decay come from the grid; use --lrs and --wds "
                           "(with --no-tune for one fixed pair) instead of --lr / --weight-decay")
     summary = vtab(_spec(args, shots=None), args.datasets, lrs=args.lrs, wds=args.wds or WDS,
                    seeds=args.seeds or VTAB_SEEDS, scale_lr=not args.no_lr_scale, tune=not args.no_tune,
-                   tune_seed=args.tune_seed)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "rows")}, indent=2))
+                   tune_seed=args.tune_seed, prune=_prune_options(args, PruneOptions))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("runs", "rows", "runs_pruned")}, indent=2))
     print(f"tables: {Path(args.out) / 'vtab.md'}")
 
 

@@ -14,10 +14,11 @@ from .base import Backbone, ImageOutput, KVPrompt, VisualPrompts
 from .checkpoints import build_model, convert_checkpoint, file_sha256, read_checkpoint
 from .clip import ClipBackbone
 from .configs import register_configs
+from .swin import TimmSwinBackbone
 from .vit import TimmViTBackbone, load_timm_backbone
 
 __all__ = [
-    "Backbone", "ClipBackbone", "ImageOutput", "KVPrompt", "TimmViTBackbone", "VisualPrompts",
+    "Backbone", "ClipBackbone", "ImageOutput", "KVPrompt", "TimmSwinBackbone", "TimmViTBackbone", "VisualPrompts",
     "convert_checkpoint", "embedded_weights", "load_backbone", "read_checkpoint",
 ]
 
@@ -53,7 +54,8 @@ def load_backbone(
             ``"tiny-clip"`` (its weights ship inside the package; until they do, it is
             randomly initialised), or ``"timm:<timm ViT name>"`` for an image-only timm
             ViT (``"timm:vit_base_patch16_224.augreg_in21k"``; see :mod:`vlprompt.backbones.vit`:
-            timm ``.safetensors`` / ``.pth`` state dicts and Google ``.npz`` weights).
+            timm ``.safetensors`` / ``.pth`` state dicts and Google ``.npz`` weights), or a timm
+            Swin (``"timm:swin_base_patch4_window7_224"``, :mod:`vlprompt.backbones.swin`).
         weights: checkpoint file: ``.safetensors``, an open_clip state dict (``.pt``/``.bin``)
             or an OpenAI CLIP TorchScript archive. Without weights the model is randomly
             initialised with ``seed`` (useful for tests and speed benchmarks).

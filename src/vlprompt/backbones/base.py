@@ -105,6 +105,8 @@ class Backbone(nn.Module):
         vision_heads: attention heads of the image transformer (``None`` for CNN towers).
         image_mean, image_std: input normalisation the weights expect (``None``: CLIP's); the
             engine's transforms read them through :func:`vlprompt.data.transforms.image_norm`.
+        prompt_kinds: the visual prompt kinds ``encode_image`` accepts: ``"shallow"`` tokens,
+            ``"deep"`` per-layer replacements, ``"kv"`` key/value prompts (Swin: shallow only).
     """
 
     name: str
@@ -121,6 +123,7 @@ class Backbone(nn.Module):
     vision_heads: int | None = None
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
+    prompt_kinds: tuple[str, ...] = ("shallow", "deep", "kv")
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)

@@ -22,6 +22,9 @@ Weights (``weights=PATH``), detected by content:
   image towers and old timm layouts); the classifier ``head.*`` is dropped (the backbone
   has ``num_classes=0``); then loaded strictly — a mismatch raises :class:`CheckpointError`
   naming the keys;
+* MAE and MoCo-v3 ViT-B checkpoints in their published layouts (``{"model": ...}``;
+  ``{"state_dict": {"module.base_encoder.*", ...}}``), see :mod:`vlprompt.backbones.ssl`
+  (MAE as VPT: global average pooling, ``model_kwargs={"global_pool": "avg"}``);
 * Google's JAX ``.npz`` (e.g. ``imagenet21k_ViT-B_16.npz``, the VPT / E2VPT backbone), read
   by timm's own ``load_pretrained`` after a strict check of widths, patch size, sequence
   length and depth; ``pre_logits`` and ``head`` entries are ignored, as in VPT.
@@ -48,53 +51,20 @@ PREFIX = "timm:"
 _MAX_LISTED = 5
 
 
-class TimmViTBackbone(Backbone):
-    """A frozen timm ``VisionTransformer`` exposed through vlprompt's image seams (no text tower).
+class ImageOnlyBackbone(Backbone):
+    """Base of the timm image towers: no text tower (the text seams raise a clear error)."""
 
-    Attributes beyond :class:`Backbone`: ``num_prefix_tokens`` (CLS + register
-    tokens), ``image_mean`` / ``image_std`` (the normalisation of timm's pretrained config)
-    and ``model_kwargs`` (extra ``create_model`` arguments).
-
-    Example:
-        >>> bb = load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
-        >>> feats = bb.encode_image(torch.randn(2, 3, 224, 224))          # (2, 768) CLS after norm
-    """
-
-    def __init__(
-        self, model: torch.nn.Module, name: str, weights_id: str = "random", model_kwargs: dict | None = None
-    ) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
-
-        if not isinstance(model, VisionTransformer):
-            raise ConfigError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
         self.name = name
-        self.weights_id = weights_id
-        self.model_kwargs = dict(model_kwargs or {})
-        self.embed_dim = int(model.num_features)
-        self.vision_width = int(model.embed_dim)
         self.text_width = 0
         self.context_length = 0
         self.n_text_layers = 0
-        self.n_vision_layers = len(model.blocks)
-        pe = model.patch_embed
-        self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
-        self.patch_size = int(pe.patch_size[0])
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.vision_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else None
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        self.supports_visual_prompts = True
 
-    # ---------------------------------------------------------------- no text tower
     def _no_text(self) -> ConfigError:
         return ConfigError(
-            f"{self.name} is an image-only backbone (timm ViT): it has no text tower; use a "
-            "vision-classifier method (vpt-shallow, vpt-deep) or a CLIP backbone"
+            f"{self.name} is an image-only backbone (timm): it has no text tower; use a "
+            "vision-classifier method (linear-probe, vpt-shallow, vpt-deep) or a CLIP backbone"
         )
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -112,6 +82,45 @@ class TimmViTBackbone(Backbone):
     @property
     def logit_scale(self) -> torch.Tensor:
         raise self._no_text()
+
+
+class TimmViTBackbone(ImageOnlyBackbone):
+    """A frozen timm ``VisionTransformer`` exposed through vlprompt's image seams (no text tower).
+
+    Attributes beyond :class:`Backbone`: ``num_prefix_tokens`` (CLS + register
+    tokens), ``image_mean`` / ``image_std`` (the normalisation of timm's pretrained config)
+    and ``model_kwargs`` (extra ``create_model`` arguments).
+
+    Example:
+        >>> bb = load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
+        >>> feats = bb.encode_image(torch.randn(2, 3, 224, 224))          # (2, 768) CLS after norm
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, name: str, weights_id: str = "random", model_kwargs: dict | None = None
+    ) -> None:
+        super().__init__(name)
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            raise ConfigError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.weights_id = weights_id
+        self.model_kwargs = dict(model_kwargs or {})
+        self.embed_dim = int(model.num_features)
+        self.vision_width = int(model.embed_dim)
+        self.n_vision_layers = len(model.blocks)
+        pe = model.patch_embed
+        self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
+        self.patch_size = int(pe.patch_size[0])
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.vision_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else None
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.supports_visual_prompts = True
 
     # ---------------------------------------------------------------- vision
     def encode_image(
@@ -168,9 +177,9 @@ def create_timm_vit(arch: str, **model_kwargs: Any) -> torch.nn.Module:
 
     base = arch.split(".", 1)[0]
     if not timm.is_model(base):
-        close = difflib.get_close_matches(base, timm.list_models("vit_*"), n=5, cutoff=0.6)
+        close = difflib.get_close_matches(base, timm.list_models(["vit_*", "swin_*"]), n=5, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown timm model {arch!r}.{hint} See timm.list_models('vit_*').")
+        raise ConfigError(f"unknown timm model {arch!r}.{hint} See timm.list_models('vit_*') / ('swin_*').")
     kwargs = {**model_kwargs, "pretrained": False, "num_classes": 0}
     try:
         model = timm.create_model(arch, **kwargs)
@@ -237,13 +246,16 @@ def _check_npz(model: torch.nn.Module, arch: str, p: Path) -> None:
 
 
 def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, trust_checkpoint: bool = False) -> None:
-    """Load a local checkpoint into a timm ViT strictly (see the module docstring for formats)."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    """Load a local checkpoint into a timm ViT / Swin strictly (see the module docstring for formats)."""
+    from timm.models import swin_transformer, vision_transformer
 
     from .checkpoints import _existing_file, _match_state_dict, read_checkpoint
+    from .ssl import convert_ssl_state, pooling_hint
 
     p = _existing_file(weights)
-    if _is_npz(p):
+    is_swin = isinstance(model, swin_transformer.SwinTransformer)
+    checkpoint_filter_fn = (swin_transformer if is_swin else vision_transformer).checkpoint_filter_fn
+    if _is_npz(p) and not is_swin:
         _check_npz(model, arch, p)
         try:
             with torch.no_grad():
@@ -251,7 +263,7 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"Checkpoint '{p}' does not match timm architecture '{arch}': {e}") from e
         return
-    state = read_checkpoint(p, trust_checkpoint=trust_checkpoint)
+    state = convert_ssl_state(read_checkpoint(p, trust_checkpoint=trust_checkpoint), model, str(p))
     try:
         state = checkpoint_filter_fn(state, model)
     except Exception as e:  # timm's converters raise many types on foreign layouts
@@ -262,7 +274,11 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
         del state[k]
     if dropped:
         logger.info("Ignoring the classifier of %s: %s", p, dropped)
-    model.load_state_dict(_match_state_dict(arch, model, state, p), strict=True)
+    try:
+        matched = _match_state_dict(arch, model, state, p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}{pooling_hint(model, state)}") from None
+    model.load_state_dict(matched, strict=True)
 
 
 def load_timm_backbone(
@@ -271,8 +287,8 @@ def load_timm_backbone(
     trust_checkpoint: bool = False,
     seed: int = 0,
     model_kwargs: dict | None = None,
-) -> TimmViTBackbone:
-    """Build ``"timm:<arch>"`` (random with ``seed``, or with local ``weights``).
+) -> ImageOnlyBackbone:
+    """Build ``"timm:<arch>"``, a ViT or a Swin (random with ``seed``, or with local ``weights``).
 
     Example:
         >>> bb = load_timm_backbone("timm:vit_base_patch16_224.augreg_in21k", weights="vit.safetensors")
@@ -291,6 +307,11 @@ def load_timm_backbone(
     else:
         load_timm_weights(model, arch, weights, trust_checkpoint=trust_checkpoint)
         weights_id = f"sha256:{file_sha256(weights)[:16]}"
-    bb = TimmViTBackbone(model, name=name, weights_id=weights_id, model_kwargs=kwargs)
+    from timm.models.swin_transformer import SwinTransformer
+
+    from .swin import TimmSwinBackbone
+
+    cls = TimmSwinBackbone if isinstance(model, SwinTransformer) else TimmViTBackbone
+    bb = cls(model, name=name, weights_id=weights_id, model_kwargs=kwargs)
     bb.weights_path = None if weights is None else str(Path(weights).resolve())
     return bb

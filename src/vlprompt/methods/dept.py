@@ -95,7 +95,11 @@ class DePT(PromptMethod):
         if not inner.needs_training or hasattr(inner, "fit_features"):
             raise ConfigError(f"DePT wraps prompt-learning methods; {inner.name!r} has no prompts to tune")
         if not getattr(inner, "has_text_side", True):
-            raise ConfigError(f"DePT needs image-text matching; {inner.name!r} is a vision classifier without text")
+            hint = getattr(inner, "text_side_hint", "")
+            raise ConfigError(
+                f"DePT needs image-text matching; {inner.name!r} is a vision classifier without text"
+                + (f" ({hint})" if hint else "")
+            )
         self.inner = inner
         self.dept = config
         self.uses_image_features = inner.uses_image_features

@@ -102,6 +102,7 @@ class E2VPT(VPTDeep):
 
     name = "e2vpt"
     Config = E2VPTConfig
+    prompt_kinds = ("shallow", "deep", "kv")
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: E2VPTConfig) -> None:
         super().__init__(backbone, classnames, config)

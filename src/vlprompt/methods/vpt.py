@@ -24,7 +24,16 @@ Image feature fed to the head: the backbone's pooled output —
   fixed linear map of VPT's feature; it keeps methods off the towers' internals and works for
   every backbone that implements ``encode_image`` (see ``docs/deviations.md``).
 
-Class names: the head has one row per training class. ``set_classnames`` accepts names of
+Classifier (``classifier``):
+
+* ``"linear"`` (default, VPT): the linear head above;
+* ``"text"`` (CLIP backbones only; DePT's "VPT" row): no head; the logits are CLIP's
+  ``logit_scale · cos(f(x; P), g(template(c)))`` against the *frozen* text features of a hand
+  template (``template``, default ``"a photo of a {}."``), computed once per class set. The
+  method then has a text side: ``vpt-deep+dept`` adds DePT's CAT head and FiLM layers, and the
+  class set can change freely (base → new evaluation).
+
+Class names: with the linear head, the head has one row per training class. ``set_classnames`` accepts names of
 the same count (a relabelling, e.g. when a prompt file is loaded) and refuses any other
 count; :meth:`VPT.reset_head` starts a fresh head for another label set and keeps the prompts.
 
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +54,9 @@ from torch import nn
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
 from .base import PromptMethod, register_method
+from .prompting import clean_classname
+
+Classifier = Literal["linear", "text"]
 
 #: Bias of the reference head ("special bias", prior probability 0.01).
 HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
@@ -57,16 +70,25 @@ class VPTConfig:
         num_tokens: prompt tokens ``p`` per layer (reference default 5; the paper picks ``p``
             per task from {1, 5, 10, 50, 100, 200}).
         dropout: dropout on the prompt tokens in training (0.0 for VPT-shallow).
+        classifier: ``"linear"`` (VPT's head) or ``"text"`` (CLIP's frozen hand-template class
+            text features as a zero-shot-style classifier; DePT's VPT row).
+        template: the hand template of ``classifier="text"`` (``{}`` = class name).
     """
 
     num_tokens: int = 5
     dropout: float = 0.0
+    classifier: Classifier = "linear"
+    template: str = "a photo of a {}."
 
     def __post_init__(self) -> None:
         if self.num_tokens < 1:
             raise ConfigError(f"vpt num_tokens must be >= 1, got {self.num_tokens}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"vpt dropout must be in [0, 1), got {self.dropout}")
+        if self.classifier not in ("linear", "text"):
+            raise ConfigError(f"vpt classifier must be 'linear' or 'text', got {self.classifier!r}")
+        if self.template.count("{}") != 1:
+            raise ConfigError(f"vpt template must contain exactly one '{{}}', got {self.template!r}")
 
 
 @dataclass(frozen=True)
@@ -89,13 +111,19 @@ def vpt_head(in_dim: int, n_cls: int, device: torch.device | None = None) -> nn.
     return head
 
 
-def check_vision_prompt_backbone(backbone: Backbone, method: str) -> None:
-    """Refuse backbones without a ViT image tower that accepts visual prompts."""
+def check_vision_prompt_backbone(backbone: Backbone, method: str, kinds: tuple[str, ...] = ("shallow",)) -> None:
+    """Refuse backbones without a ViT image tower that accepts the visual prompt ``kinds``."""
     if not backbone.supports_visual_prompts or not backbone.vision_width or not backbone.patch_size:
         raise ConfigError(
             f"{method} prompts a ViT image tower; backbone {backbone.name!r} has none (CNN towers such as "
             "ResNet or EfficientNet are not supported); use a ViT backbone, e.g. tiny-clip, ViT-B-16 or "
             "timm:vit_base_patch16_224"
+        )
+    missing = [k for k in kinds if k not in backbone.prompt_kinds]
+    if missing:
+        raise ConfigError(
+            f"{method} needs {' and '.join(missing)} visual prompts, which backbone {backbone.name!r} does not "
+            f"support (it takes: {', '.join(backbone.prompt_kinds)}); on Swin use vpt-shallow or linear-probe"
         )
 
 
@@ -103,24 +131,31 @@ def check_vision_prompt_backbone(backbone: Backbone, method: str) -> None:
 class VPT(PromptMethod):
     """VPT-shallow: ``p`` learned tokens after CLS at the input of a frozen ViT, linear head.
 
-    Logits ``head(f(x; P))``; loss cross-entropy. Works on timm ViTs and CLIP ViT towers.
+    Logits ``head(f(x; P))`` (or, ``classifier="text"`` on CLIP, ``τ·cos(f(x; P), g(template(c)))``);
+    loss cross-entropy. Works on timm ViTs and CLIP ViT towers.
 
     Example:
         >>> bb = vp.load_backbone("timm:vit_base_patch16_224", weights="imagenet21k_ViT-B_16.npz")
         >>> model = vp.build_method("vpt-shallow", bb, task.classnames, num_tokens=50)
         >>> vp.fit(model, task, epochs=100, lr=0.25 * 128 / 256, batch_size=128, weight_decay=1e-4)
+        >>> clip_vpt = vp.build_method("vpt-deep+dept", clip_bb, names, classifier="text")  # DePT's VPT row
     """
 
     name = "vpt-shallow"
     Config = VPTConfig
     uses_image_features = False
-    #: No text encoder is involved (plug-ins that need image-text matching refuse it).
+    #: No text encoder is involved with the linear head (plug-ins that need image-text matching
+    #: refuse it); ``classifier="text"`` sets it to ``True`` on the instance.
     has_text_side = False
+    #: Visual prompt kinds the backbone must accept (see ``Backbone.prompt_kinds``).
+    prompt_kinds: tuple[str, ...] = ("shallow",)
+    #: How to give it one (shown by plug-ins that need a text side, e.g. DePT).
+    text_side_hint = "build it with classifier='text' on a CLIP backbone: frozen hand-template class features"
     deep = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: VPTConfig) -> None:
         super().__init__(backbone, classnames, config)
-        check_vision_prompt_backbone(backbone, self.name)
+        check_vision_prompt_backbone(backbone, self.name, self.prompt_kinds)
         n, width = config.num_tokens, int(backbone.vision_width)
         val = prompt_init_bound(int(backbone.patch_size), width)
         device = backbone.device
@@ -129,12 +164,34 @@ class VPT(PromptMethod):
             depth = max(backbone.n_vision_layers - 1, 0)
             self.deep_prompt = nn.Parameter(torch.empty(depth, n, width, device=device).uniform_(-val, val))
         self.prompt_dropout = nn.Dropout(config.dropout)
-        self.head = vpt_head(backbone.embed_dim, len(classnames), device)
+        if config.classifier == "text":
+            if not backbone.text_width:
+                raise ConfigError(
+                    f"{self.name} classifier='text' needs a backbone with a text tower (CLIP); "
+                    f"{backbone.name!r} is image-only: use classifier='linear'"
+                )
+            self.has_text_side = True
+            self.head = None
+            self._build_class_features()
+        else:
+            self.head = vpt_head(backbone.embed_dim, len(classnames), device)
         self.train(False)
+
+    def _build_class_features(self) -> None:
+        """Normalised frozen text features of the template for every class (non-persistent buffer)."""
+        texts = [self.config.template.format(clean_classname(c)) for c in self.classnames]
+        with torch.no_grad():
+            feats = self.backbone.encode_texts(texts, normalize=True).float()
+        self.register_buffer("class_features", feats, persistent=False)
 
     # ------------------------------------------------------------------ class set
     def set_classnames(self, classnames: list[str]) -> None:
-        """Relabel the head's rows (same count only); see :meth:`reset_head` for other label sets."""
+        """Relabel the head's rows (same count only; see :meth:`reset_head` for other label sets),
+        or, with the text classifier, encode the new class names (any set)."""
+        if self.head is None:
+            super().set_classnames(classnames)
+            self._build_class_features()
+            return
         if len(classnames) != self.head.out_features:
             raise ConfigError(
                 f"{self.name} has a trained linear head for {self.head.out_features} classes and cannot "
@@ -145,6 +202,9 @@ class VPT(PromptMethod):
 
     def reset_head(self, classnames: list[str]) -> None:
         """A freshly initialised head for ``classnames``; the learned prompts are kept."""
+        if self.head is None:
+            self.set_classnames(classnames)
+            return
         self.head = vpt_head(self.backbone.embed_dim, len(classnames), self.prompt.device)
         super().set_classnames(classnames)
 
@@ -159,10 +219,13 @@ class VPT(PromptMethod):
 
     # ------------------------------------------------------------------ features / logits
     def raw_text_features(self) -> torch.Tensor:
-        raise ConfigError(f"{self.name} is a vision classifier and has no class text features")
+        """The frozen template text features (``classifier="text"`` only)."""
+        if self.head is not None:
+            raise ConfigError(f"{self.name} with a linear head is a vision classifier and has no class text features")
+        return self.class_features
 
-    def eval_text_features(self) -> None:
-        return None
+    def eval_text_features(self) -> torch.Tensor | None:
+        return None if self.head is not None else self.class_features
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features of the prompted image tower (with gradients to the prompts)."""
@@ -176,15 +239,22 @@ class VPT(PromptMethod):
     def logits_from_features(
         self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``head(features)``; ``text_features`` is ignored (always ``None`` for this method)."""
+        """``head(features)`` (``text_features`` ignored), or with the text classifier
+        ``logit_scale · cos(features, text)``."""
+        if self.head is None:
+            return super().logits_from_features(image_features, text_features)
         return self.head(image_features.to(self.head.weight.dtype))
 
     def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``image`` (prompted features), ``logits``, ``ce`` and ``loss`` (= ``ce``); no ``text``."""
+        """``image`` (prompted features), ``logits``, ``ce`` and ``loss`` (= ``ce``); ``text`` (the
+        frozen class features) with the text classifier only."""
         image = self.image_features_of(batch)
         logits = self.logits_from_features(image)
         ce = F.cross_entropy(logits.float(), batch["labels"])
-        return {"image": image, "logits": logits, "ce": ce, "loss": ce}
+        out = {"image": image, "logits": logits, "ce": ce, "loss": ce}
+        if self.head is None:
+            out["text"] = self.class_features
+        return out
 
 
 @register_method
@@ -198,3 +268,4 @@ class VPTDeep(VPT):
     name = "vpt-deep"
     Config = VPTDeepConfig
     deep = True
+    prompt_kinds = ("shallow", "deep")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from ..engine.config import TrainConfig
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
 from ..methods import build_method, get_method_class
-from ..methods.base import config_to_dict
+from ..methods.base import PromptMethod, config_to_dict
 from ..presets import resolve_preset
 from ..prompt_io import load_prompt
 
@@ -74,8 +75,12 @@ def get_backbone(name: str, weights: str | None, trust: bool, device: str) -> Ba
     return _BACKBONES[key]
 
 
-def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
+def train_run(
+    spec: RunSpec, skip_done: bool = True, setup: Callable[[PromptMethod], None] | None = None
+) -> dict[str, Any]:
     """Train (or resume) one run; a run whose ``results.json`` exists is returned as is.
+
+    ``setup`` is called on the freshly built method before training (e.g. to fix E2VPT's pruning masks).
 
     Example:
         >>> train_run(RunSpec("coop", "eurosat", "~/data", out="runs/x", subsample="base"))["acc"]
@@ -108,6 +113,8 @@ def train_run(spec: RunSpec, skip_done: bool = True) -> dict[str, Any]:
                              cache_dir=train_opts.get("cache_dir"), device=spec.device)
     seed_everything(spec.seed)
     model = build_method(spec.method, bb, task.classnames, **method_opts)
+    if setup is not None:
+        setup(model)
     train_opts.setdefault("device", spec.device)
     res = fit(model, task, run_dir=spec.out, protocol=spec.protocol, **train_opts)
     if spec.selection:

@@ -7,7 +7,11 @@ Per task (``vtab/<task>``, ``fgvc/<name>``, or the tiny suite's ``tiny/vtab_*`` 
    best val top-1 wins; ties go to the smaller lr, then the smaller wd.
 2. **final**: with the chosen pair, train on train800val200 (FGVC: train) once per seed (VPT: 42, 44,
    82, 100, 800) and evaluate on test.
-3. **report**: per task mean ± std (sample std over seeds) of test top-1; group means (Natural /
+3. **prune** (optional, E2VPT: ``prune=PruneOptions(...)``): with the chosen pair, E2VPT's
+   prune-and-rewind search on the tuning split (:func:`vlprompt.protocols.e2vpt_prune.prune_and_rewind`:
+   train, importance scores, one rewound model per (token level, segment level), best by val), then
+   the final seeds again with the chosen masks fixed in fresh models;
+4. **report**: per task mean ± std (sample std over seeds) of test top-1; group means (Natural /
    Specialized / Structured = mean over the group's tasks present, FGVC mean separately); the mean of
    the VTAB group means; and the tuned-parameter percentage (trainable parameters of the final runs /
    parameters of the frozen backbone × 100).
@@ -16,6 +20,7 @@ Run directories (each with ``results.json``; finished runs are skipped when the 
 
     <out>/<task>/tune/lr<base lr>_wd<wd>/     <out>/<task>/tune/choice.json
     <out>/<task>/final/seed<S>/               <out>/vtab.json  <out>/vtab.md
+    <out>/<task>/prune/prune.json             <out>/<task>/prune/final/seed<S>/   (with pruning)
 
 Training defaults of the protocol (VPT's base config: SGD momentum 0.9, cosine, batch 128, 100 epochs,
 10 warm-up epochs) sit under the method's preset, which sits under explicit ``train_options``.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -42,6 +48,9 @@ from ..errors import ConfigError
 from ..presets import resolve_preset
 from .runs import RunSpec, get_backbone, train_run
 from .tables import write_summary
+
+#: E2VPT's cumulative pruning levels in percent (``vlprompt.methods.e2vpt.PRUNE_LEVELS``).
+PRUNE_LEVELS: tuple[float, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 #: VPT's base-lr grid for prompts on VTAB-1k (``tune_vtab.py``); FGVC omits 0.05.
 VTAB_LRS: tuple[float, ...] = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
@@ -144,6 +153,98 @@ def final_task(
     return rows
 
 
+@dataclass(frozen=True)
+class PruneOptions:
+    """E2VPT's pruning stage of the protocol (reference: ``tune_vtab_PruningRewind_CVK.py``).
+
+    Attributes:
+        token_levels, piece_levels: pruning levels (percent) searched as a grid; the reference uses
+            10 … 90 for both (81 rewound trainings per task): pass fewer to bound the cost.
+        min_tokens, min_pieces: mask entries that always survive (reference: 1 token, 4 pieces).
+    """
+
+    token_levels: tuple[float, ...] = PRUNE_LEVELS
+    piece_levels: tuple[float, ...] = PRUNE_LEVELS
+    min_tokens: int = 1
+    min_pieces: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("token_levels", "piece_levels"):
+            levels = getattr(self, key)
+            if not levels or not all(0 <= float(v) < 100 for v in levels):
+                raise ConfigError(f"vtab pruning: {key} must be non-empty percentages in [0, 100), got {levels}")
+
+
+def _prune_search(template: RunSpec, name: str, train: dict[str, Any], seed: int, options: PruneOptions,
+                  path: Path) -> dict[str, Any]:
+    """Run (or read) the prune-and-rewind search of one task; its result is ``prune.json``."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    from ..data import load_dataset
+    from ..engine.train import seed_everything
+    from ..methods import build_method
+    from .e2vpt_prune import prune_and_rewind
+
+    task = load_dataset(name, template.root, shots=None, split="tune")
+    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+    method_opts = {**resolve_preset(template.method, template.preset, None, name)["method"],
+                   **template.method_options}
+    seed_everything(seed)
+    model = build_method(template.method, bb, task.classnames, **method_opts)
+    res = prune_and_rewind(model, task, token_levels=options.token_levels, piece_levels=options.piece_levels,
+                           min_tokens=options.min_tokens, min_pieces=options.min_pieces, rewind_seed=seed,
+                           seed=seed, device=template.device, **{k: v for k, v in train.items() if k != "device"})
+    best = res["model"]
+    out = {"dataset": name, "token_pct": res["token_pct"], "piece_pct": res["piece_pct"],
+           "val_acc": res["val_acc"], "pruned_fraction": res["pruned_fraction"], "grid": res["grid"],
+           "token_mask": best.token_mask.tolist(), "piece_mask": best.piece_mask.tolist(),
+           "visual_prompt_params": int(best.prompt.numel() + best.deep_prompt.numel())}
+    atomic_write(path, json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def prune_task(
+    template: RunSpec, dataset: str, base_lr: float, wd: float, seeds: Sequence[int] = VTAB_SEEDS,
+    options: PruneOptions | None = None, scale_lr: bool = True, tune_seed: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Stage 3 for one task (E2VPT): prune + rewind on the tuning split, then the final seeds with the masks.
+
+    Args:
+        template, dataset, base_lr, wd, seeds, scale_lr: as :func:`final_task` (the grid's choice).
+        options: the pruning levels (default: the reference's 9 × 9 grid).
+        tune_seed: seed of the search (default: the first final seed).
+
+    Returns:
+        ``(rows, info)``: final rows as :func:`final_task`'s, with ``trainable_params`` counting only the
+        visual-prompt entries the masks keep; ``info`` = the search's choice (levels, val accuracy of the
+        rewound model, pruned fraction).
+    """
+    import torch
+
+    options = options or PruneOptions()
+    name = canonical_name(dataset)
+    train = _merged_train_options(template, name)
+    batch = int(train.get("batch_size", _TRAIN_DEFAULT_BATCH))
+    lr = scaled_lr(base_lr, batch) if scale_lr else base_lr
+    base = Path(template.out) / task_slug(name) / "prune"
+    opts = {**{k: v for k, v in train.items() if k not in ("seed",)}, "lr": lr, "weight_decay": wd}
+    search = _prune_search(template, name, opts, seeds[0] if tune_seed is None else tune_seed, options,
+                           base / "prune.json")
+    token_mask, piece_mask = torch.tensor(search["token_mask"]), torch.tensor(search["piece_mask"])
+    removed = int(round(search["pruned_fraction"] * search["visual_prompt_params"]))
+    rows = []
+    for seed in seeds:
+        out = base / "final" / f"seed{seed}"
+        spec = dataclasses.replace(_stage_spec(template, name, "final", out, seed, opts), protocol="vtab-pruned")
+        res = train_run(spec, setup=lambda m: m.set_masks(token_mask, piece_mask))
+        params = int(res.get("trainable_params", 0))
+        rows.append({"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
+                     "base_lr": float(base_lr), "wd": float(wd), "lr": lr, "trainable_params": params - removed,
+                     "trainable_params_unpruned": params})
+    info = {k: search[k] for k in ("token_pct", "piece_pct", "val_acc", "pruned_fraction")}
+    return rows, info
+
+
 def summarize_vtab(rows: list[dict[str, Any]], backbone_params: int | None = None) -> dict[str, Any]:
     """Per-task mean ± std, group means, the mean of the VTAB group means, and tuned-parameter percentages.
 
@@ -218,12 +319,34 @@ def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
     if summary.get("tuned_percent_mean") is not None:
         lines.append(f"Tuned parameters: {summary['tuned_percent_mean']:.4f}% of the backbone's "
                      f"{summary['backbone_params']:,} parameters (mean over tasks).")
+    pruned = summary.get("pruned")
+    if pruned:
+        before = {r["dataset"]: r for r in summary["rows"]}
+        lines += ["", "## After E2VPT pruning + rewinding", "",
+                  "| task | levels token / segment % | val top-1 rewound | test top-1 before | test top-1 after "
+                  "| tuned % before | tuned % after |", "|---|---|---|---|---|---|---|"]
+        for r in pruned["rows"]:
+            b = before.get(r["dataset"], {})
+            info = summary.get("pruning", {}).get(r["dataset"], {})
+
+            def pct(row: dict[str, Any]) -> str:
+                return f"{row['tuned_percent']:.3f}" if "tuned_percent" in row else "-"
+
+            acc_b = f"{b['acc']:.2f} ± {b['std']:.2f}" if b else "-"
+            lines.append(f"| {r['dataset']} | {info.get('token_pct', '-')} / {info.get('piece_pct', '-')} | "
+                         f"{info.get('val_acc', float('nan')):.2f} | {acc_b} | {r['acc']:.2f} ± {r['std']:.2f} | "
+                         f"{pct(b) if b else '-'} | {pct(r)} |")
+        po = pruned["overall"]
+        if po["n_groups"]:
+            lines += ["", f"Mean of the VTAB group means after pruning: **{po['mean_of_groups']:.2f}** "
+                          f"(before: {summary['overall']['mean_of_groups']:.2f})."]
     return "\n".join(lines) + "\n"
 
 
 def vtab(
     template: RunSpec, datasets: Sequence[str], lrs: Sequence[float] | None = None, wds: Sequence[float] = WDS,
     seeds: Sequence[int] = VTAB_SEEDS, scale_lr: bool = True, tune: bool = True, tune_seed: int | None = None,
+    prune: PruneOptions | None = None,
 ) -> dict[str, Any]:
     """Run the VTAB-1k / FGVC protocol for ``template.method`` on ``datasets``; writes ``vtab.{json,md}``.
 
@@ -236,6 +359,9 @@ def vtab(
         scale_lr: use ``base_lr × batch_size / 256`` (VPT); False uses the base lr as is.
         tune: run the grid; False requires a single (lr, wd) pair and trains the final runs with it.
         tune_seed: seed of the grid runs (default: the first of ``seeds``).
+        prune: run E2VPT's pruning stage after the final runs (``e2vpt`` only); the summary then
+            also holds ``pruned`` (the same summary for the pruned final runs) and ``pruning`` (per
+            task: chosen levels, val top-1 of the rewound model, pruned fraction).
 
     Example:
         >>> spec = RunSpec("linear-probe", "", "~/data", out="runs/vtab", shots=None)
@@ -245,8 +371,12 @@ def vtab(
         raise ConfigError("vtab: no datasets given; expected e.g. vtab/cifar vtab/dtd ...")
     if not seeds:
         raise ConfigError("vtab: no seeds given; expected e.g. 42 44 82 100 800")
+    if prune is not None and template.method.split("+")[0] != "e2vpt":
+        raise ConfigError(f"vtab: the pruning stage is E2VPT's; method {template.method!r} has no pruning masks")
     choices: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
+    pruned_rows: list[dict[str, Any]] = []
+    pruning: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(canonical_name(ds) for ds in datasets):  # unknown names fail before any run
         if tune:
             best = tune_task(template, name, lrs, wds, seed=seeds[0] if tune_seed is None else tune_seed,
@@ -257,9 +387,17 @@ def vtab(
             best = {"base_lr": float(lrs[0]), "wd": float(wds[0]), "val_acc": None}
         choices[name] = best
         rows += final_task(template, name, best["base_lr"], best["wd"], seeds, scale_lr=scale_lr)
+        if prune is not None:
+            p_rows, pruning[name] = prune_task(template, name, best["base_lr"], best["wd"], seeds, prune,
+                                               scale_lr=scale_lr, tune_seed=tune_seed)
+            pruned_rows += p_rows
     bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
-    summary = summarize_vtab(rows, sum(p.numel() for p in bb.parameters()))
+    n_params = sum(p.numel() for p in bb.parameters())
+    summary = summarize_vtab(rows, n_params)
     summary.update({"protocol": "vtab", "method": template.method, "backbone": template.backbone,
                     "choices": choices, "runs": rows})
+    if prune is not None:
+        summary.update({"pruned": summarize_vtab(pruned_rows, n_params), "pruning": pruning,
+                        "runs_pruned": pruned_rows, "prune_options": dataclasses.asdict(prune)})
     write_summary(template.out, "vtab", summary, vtab_markdown(summary, template.method))
     return summary

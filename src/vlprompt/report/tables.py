@@ -63,6 +63,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
             "path": str(p.parent), "per_task": res.get("per_task"),
             "vtab_runs": res.get("runs") if sweep.get("protocol") == "vtab" else None,
+            "vtab_runs_pruned": (res.get("pruned") or {}).get("runs") if sweep.get("protocol") == "vtab" else None,
             "backbone_params": res.get("backbone_params"), "targets": res.get("targets"),
         })
     variants: dict[str, set[str]] = {}  # sweep variants (preset / options) of a method: split only when several
@@ -288,15 +289,19 @@ def vtab_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     vt = [r for r in rows if r["protocol"] == "vtab"]
     for method in _order([r["method"] for r in vt]):
         finals: list[dict[str, Any]] = []
+        pruned: list[dict[str, Any]] = []
         params = None
         for r in (r for r in vt if r["method"] == method):
             if r.get("vtab_runs"):
                 finals += r["vtab_runs"]
+                pruned += r.get("vtab_runs_pruned") or []
                 params = params or r.get("backbone_params")
             else:
                 finals.append({"dataset": r["dataset"], "group": vtab_group(r["dataset"]) or "other",
                                "seed": r["seed"], "acc": r["acc"]})
         out[method] = summarize_vtab(finals, params)
+        if pruned:  # E2VPT's pruning stage: the final seeds with the pruned masks, as a row of its own
+            out[f"{method} (pruned)"] = summarize_vtab(pruned, params)
     return out
 
 

@@ -42,7 +42,7 @@ def is_complete(run: SweepRun) -> bool:
     if run.protocol == "multitask":
         return "per_task" in res
     if run.protocol == "vtab":
-        return "runs" in res and "group" in res
+        return "runs" in res and "group" in res and (run.prune is None or "pruned" in res)
     if run.targets:
         return set(res.get("targets") or {}) >= {label for _, _, label in run.targets}
     return run.protocol != "base2new" or ("new_acc" in res and "hm" in res)
@@ -68,10 +68,13 @@ def gpu_count() -> int:
 def _vtab_results(run: SweepRun, spec: Any) -> dict[str, Any]:
     """One VTAB sweep run: :func:`vlprompt.protocols.vtab.vtab` on the run's task (grid, then the final seeds,
     all inside the run directory), summarised as the run's ``results.json``."""
-    from ..protocols.vtab import WDS, task_slug, vtab
+    from ..protocols.vtab import WDS, PruneOptions, task_slug, vtab
 
+    prune = None
+    if run.prune is not None:
+        prune = PruneOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.prune.items()})
     summary = vtab(spec, [run.dataset], lrs=list(run.lrs) if run.lrs else None, wds=list(run.wds or WDS),
-                   seeds=list(run.seeds), scale_lr=run.scale_lr)
+                   seeds=list(run.seeds), scale_lr=run.scale_lr, prune=prune)
     row = summary["rows"][0]
     best = summary["choices"][row["dataset"]]
     res: dict[str, Any] = {
@@ -82,6 +85,11 @@ def _vtab_results(run: SweepRun, spec: Any) -> dict[str, Any]:
         "trainable_params": row.get("trainable_params"), "tuned_percent": row.get("tuned_percent"),
         "backbone_params": summary["backbone_params"], "runs": summary["runs"],
     }
+    if prune is not None:
+        p_row = summary["pruned"]["rows"][0]
+        res["pruned"] = {"acc": p_row["acc"], "std": p_row["std"], "trainable_params": p_row.get("trainable_params"),
+                         "tuned_percent": p_row.get("tuned_percent"), **summary["pruning"][row["dataset"]],
+                         "runs": summary["runs_pruned"]}
     choice = Path(run.out) / task_slug(row["dataset"]) / "tune" / "choice.json"
     if choice.is_file():
         res["grid"] = json.loads(choice.read_text())["grid"]
@@ -148,7 +156,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
             log_results(run.out, {"epochs": res.get("epochs"), "new_acc": res["new_acc"], "hm": res["hm"]})
         res = {**res, "sweep": {"id": run.id, "protocol": run.protocol, "dataset": run.dataset_label,
                                 "preset": run.preset, "method_options": run.method_options,
-                                **({"lrs": run.lrs, "wds": run.wds, "scale_lr": run.scale_lr}
+                                **({"lrs": run.lrs, "wds": run.wds, "scale_lr": run.scale_lr, "prune": run.prune}
                                    if run.protocol == "vtab" else {}),
                                 **({"targets": [label for _, _, label in run.targets]} if run.targets else {}),
                                 "train_options": {k: v for k, v in run.train_options.items()

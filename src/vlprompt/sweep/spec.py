@@ -10,6 +10,7 @@ Schema (see ``docs/sweeps.md``)::
     seeds: [1, 2, 3]              # vtab: the final seeds of one run (default VPT's 42 44 82 100 800)
     lrs: [10, 1, 0.1]             # vtab only: the base-lr × wd grid (default VPT's)
     wds: [0.001, 0.0]
+    prune: {token_levels: [50], piece_levels: [50]}   # vtab only: E2VPT's pruning stage for e2vpt runs
     presets: [dept]               # optional; null/omitted = no preset
     overrides: {train: {epochs: 1}, method: {}}   # or a list of such dicts (one variant each)
     backbone: tiny-clip
@@ -45,8 +46,10 @@ _IMAGENET_SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 #: what ``protocol: all`` expands to
 ALL_PROTOCOLS = ("base2new", "few-shot")
 _KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
-         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr", "targets"}
-_VTAB_KEYS = ("lrs", "wds", "scale_lr")
+         "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr",
+         "prune", "targets"}
+_VTAB_KEYS = ("lrs", "wds", "scale_lr", "prune")
+_PRUNE_KEYS = ("token_levels", "piece_levels", "min_tokens", "min_pieces")
 #: VPT's / E2VPT's seeds of the final runs (``vlprompt.protocols.vtab.VTAB_SEEDS``; not imported: no torch here)
 _VTAB_SEEDS = (42, 44, 82, 100, 800)
 _GROUP_FILES = (".yaml", ".yml", ".json")
@@ -96,6 +99,7 @@ class SweepRun:
     scale_lr: bool = True
     #: cross-dataset / domain-gen: ``(name, root, label)`` of each target, evaluated after training
     targets: tuple[tuple[str, str, str], ...] = ()
+    prune: dict[str, Any] | None = None
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Sweep:
     lrs: list[float] | None = None
     wds: list[float] | None = None
     scale_lr: bool = True
+    prune: dict[str, Any] | None = None
     targets: list[DatasetEntry] = field(default_factory=list)
 
     def _targets(self, protocol: str, source: DatasetEntry) -> tuple[tuple[str, str, str], ...]:
@@ -169,9 +174,10 @@ class Sweep:
                                         train_opts["cache_dir"] = self.cache_dir
                                     hashed = {k2: v for k2, v in train_opts.items()
                                               if k2 != "cache_dir" and k2 not in LOGGING_OPTIONS}
+                                    prune = self.prune if vtab and m.name.split("+")[0] == "e2vpt" else None
                                     if vtab:
                                         grid = {"lrs": self.lrs, "wds": self.wds,
-                                                "scale_lr": None if self.scale_lr else False}
+                                                "scale_lr": None if self.scale_lr else False, "prune": prune}
                                         rid = vtab_run_id(m.name, ds.label, self.seeds, preset, method_opts,
                                                           hashed, {k2: v for k2, v in grid.items() if v is not None})
                                     else:
@@ -185,7 +191,7 @@ class Sweep:
                                         cache_dir=self.cache_dir, seeds=tuple(self.seeds) if vtab else (),
                                         lrs=tuple(self.lrs) if vtab and self.lrs else None,
                                         wds=tuple(self.wds) if vtab and self.wds else None, scale_lr=self.scale_lr,
-                                        targets=self._targets(protocol, ds),
+                                        targets=self._targets(protocol, ds), prune=prune,
                                     ))
         ids = [r.id for r in runs]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -336,6 +342,7 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
     wds = [float(v) for v in _as_list(data["wds"], [])] if data.get("wds") is not None else None
     if lrs == [] or wds == []:
         raise ConfigError("sweep: 'lrs' / 'wds' must not be empty (omit them for VPT's grid)")
+    prune = _parse_prune(data.get("prune"))
     presets = [None if p in (None, "none", "") else str(p) for p in _as_list(data.get("presets"), [None])]
     overrides = [_parse_override(o) for o in _as_list(data.get("overrides"), [{}])]
 
@@ -368,8 +375,29 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         trust_checkpoint=bool(data.get("trust_checkpoint", False)), data_root=resolve(data.get("data_root")),
         out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
         cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
-        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)), targets=targets,
+        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)), prune=prune, targets=targets,
     )
+
+
+def _parse_prune(value: Any) -> dict[str, Any] | None:
+    """``prune: true`` (the reference's 9 × 9 levels) or ``{token_levels: [...], piece_levels: [...], ...}``."""
+    if value in (None, False):
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict) or set(value) - set(_PRUNE_KEYS):
+        raise ConfigError(f"sweep: 'prune' must be true or a mapping with keys {list(_PRUNE_KEYS)}, got {value!r}")
+    out: dict[str, Any] = {}
+    for key in ("token_levels", "piece_levels"):
+        if key in value:
+            levels = [float(v) for v in _as_list(value[key], [])]
+            if not levels:
+                raise ConfigError(f"sweep: prune.{key} must not be empty")
+            out[key] = levels
+    for key in ("min_tokens", "min_pieces"):
+        if key in value:
+            out[key] = int(value[key])
+    return out
 
 
 def load_sweep(path: str | Path, **replace: Any) -> Sweep:
