@@ -6,6 +6,8 @@ text→image alignment is fitted on first use and cached under ``$VLPROMPT_CACHE
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -169,7 +171,8 @@ def test_installed_alignment_reproduces_its_defining_equation(bb):
 @pytest.mark.parametrize("name", text_methods())
 def test_text_method_trains_on_effnet_minilm(name, bb, feats, tmp_path):
     torch.manual_seed(0)
-    model = vp.build_method(name, bb, NAMES)
+    fields = {f.name for f in dataclasses.fields(get_method_class(name.split("+")[0]).Config)}
+    model = vp.build_method(name, bb, NAMES, **({"n_ctx": 4} if "n_ctx" in fields else {}))
     labels = torch.tensor([0, 1, 2])
     if name == "linear-probe":
         model.fit_features((feats, labels), (feats, labels))

@@ -217,8 +217,10 @@ class EffNetMiniLMBackbone(Backbone):
         if isinstance(texts, str):
             texts = [texts]
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for i, enc in enumerate(self._tokenizer.encode_batch(list(texts))):
-            ids = enc.ids
+        for i, text in enumerate(texts):
+            # one text at a time: encode_batch would start the tokenizers thread pool, which then
+            # warns in every forked DataLoader worker
+            ids = self._tokenizer.encode(text).ids
             if len(ids) > self.context_length:
                 ids = ids[: self.context_length - 1] + [self.sep_id]
             out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
