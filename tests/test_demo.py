@@ -54,3 +54,21 @@ def test_render_table_dashes_for_base_only():
     rows = {"t": {"lp": {"base": 50.0, "new": None, "hm": None}}}
     table = render_table(rows, {"lp": {"base": 50.0, "new": None, "hm": None}}, ["lp"])
     assert "| t | 50.0 | - | - |" in table
+
+
+def test_default_methods_drop_maple_on_a_cnn_tower(monkeypatch):
+    import types
+
+    import vlprompt.backbones as backbones
+    from vlprompt.demo import default_methods
+
+    assert default_methods() == DEMO_METHODS  # tiny-clip: not even loaded
+    seen = []
+
+    def fake(name, weights=None):
+        seen.append((name, weights))
+        return types.SimpleNamespace(supports_visual_prompts=name == "vit-like")
+
+    monkeypatch.setattr(backbones, "load_backbone", fake)
+    assert default_methods("cnn", "w.pt") == tuple(m for m in DEMO_METHODS if m != "maple")
+    assert default_methods("vit-like") == DEMO_METHODS and seen == [("cnn", "w.pt"), ("vit-like", None)]

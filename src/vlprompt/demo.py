@@ -40,9 +40,21 @@ def demo_tasks() -> list[str]:
     return [f"tiny/{s.name}" for s in SPECS if s.fmt == "split_zhou" and s.variant_of is None and not s.optional]
 
 
+def default_methods(backbone: str = "tiny-clip", weights: str | None = None) -> tuple[str, ...]:
+    """:data:`DEMO_METHODS` less those the backbone cannot run (MaPLe needs a ViT image tower with visual
+    prompts: a CNN tower such as ``effnet-minilm``'s drops it)."""
+    if backbone == "tiny-clip":
+        return DEMO_METHODS
+    from .backbones import load_backbone
+
+    if load_backbone(backbone, weights=weights).supports_visual_prompts:
+        return DEMO_METHODS
+    return tuple(m for m in DEMO_METHODS if m != "maple")
+
+
 def run_demo(
     out: str | Path = "runs/demo", backbone: str = "tiny-clip", weights: str | None = None,
-    methods: list[str] | tuple[str, ...] = DEMO_METHODS, tasks: list[str] | None = None, seed: int = 1,
+    methods: list[str] | tuple[str, ...] | None = None, tasks: list[str] | None = None, seed: int = 1,
     shots: int = 16, epochs: int | None = None, root: str = ".", workers: int = 2, log: Any = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"rows", "average", "seconds", "files"}``.
@@ -54,6 +66,11 @@ def run_demo(
     Finished runs (their ``results.json`` exists) are reused.
     """
     out = Path(out)
+    if methods is None:
+        methods = default_methods(backbone, weights)
+        if len(methods) < len(DEMO_METHODS):
+            log(f"demo: {', '.join(m for m in DEMO_METHODS if m not in methods)} skipped: backbone {backbone!r} "
+                "has no ViT image tower for visual prompts")
     tasks = list(tasks) if tasks else demo_tasks()
     if not tasks:
         raise ConfigError("the demo needs at least one task")
