@@ -12,6 +12,11 @@ describes the members (in order)::
 Few-shot sampling (K per class in train, ``min(K, 4)`` in val) and base/new subsampling (first
 ``ceil(n/2)`` classes *of each task*) are applied per task before merging.
 
+Every sample keeps its member task's training augmentation policy (``Sample.augment``: the tiny
+suite's digits train with ``none``, its real textures with ``crop``, real datasets with ``clip``); the
+group's ``Task.augment`` is the members' common policy, or ``"per-sample"`` when they differ.
+``TrainConfig.augment`` still overrides every sample's policy.
+
 A group is given as:
 
 * ``"tiny-group/<name>"``: a task group of the tiny suite (``synthetic``, ``real``);
@@ -52,6 +57,7 @@ from vlprompt.errors import ConfigError, DatasetError
 from .fewshot import apply_few_shot, subsample_classes
 from .layout import abspath, pretty_classname
 from .task import Sample, Task
+from .transforms import PER_SAMPLE
 
 TINY_GROUP_PREFIX = "tiny-group/"
 METRICS = ("overall_acc", "mean_acc")
@@ -317,16 +323,20 @@ def merge_tasks(tasks: Sequence[Task], name: str) -> Task:
         off = len(classnames)
         info.append({"name": key, "task_name": t.extra.get("task_name") or pretty_classname(t.name),
                      "offset": off, "num_classes": t.num_classes, "metric": t.extra.get("metric", "overall_acc"),
-                     "description": t.extra.get("description", "")})
+                     "description": t.extra.get("description", ""), "augment": t.augment})
         classnames += t.classnames
         for split in splits:
-            splits[split] += [Sample(s.path, s.label + off, s.classname) for s in getattr(t, split)]
+            # every sample keeps its member task's training augmentation policy
+            splits[split] += [Sample(s.path, s.label + off, s.classname, s.augment or t.augment)
+                              for s in getattr(t, split)]
     dirs = [os.fspath(abspath(t.image_dir or t.root)) for t in tasks]
     common = Path(os.path.commonpath(dirs))
     first = tasks[0]
+    policies = {s.augment for s in splits["train"]} or {first.augment}
+    augment = policies.pop() if len(policies) == 1 else PER_SAMPLE
     return Task(name=name, classnames=classnames, template="a photo of a {}.", train=splits["train"],
                 val=splits["val"], test=splits["test"], root=common, shots=first.shots, seed=first.seed,
-                subsample=first.subsample, image_dir=common, extra={"group": name, "tasks": info})
+                subsample=first.subsample, image_dir=common, augment=augment, extra={"group": name, "tasks": info})
 
 
 def load_task_group(
