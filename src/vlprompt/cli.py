@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("multitask", help="train jointly on a task group (SoftCPT), accuracy per task")
     p.add_argument("--method", required=True, help="e.g. softcpt-nata, softcpt-nats, softcpt-nata+dept")
     p.add_argument("--groups", nargs="+", required=True,
-                   help="tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or comma-separated datasets")
+                   help="tiny-group/<name>, general10 / plant6 / fashion20 (SoftCPT's groups, data under --root), "
+                        "a group .yaml, a split_dk_<Name>.json or comma-separated datasets")
     p.add_argument("--root", default="", help="data root of the groups' datasets (not needed for tiny-group/)")
     p.add_argument("--shots-list", nargs="+", type=int, default=[16])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])

@@ -20,13 +20,16 @@ group's ``Task.augment`` is the members' common policy, or ``"per-sample"`` when
 A group is given as:
 
 * ``"tiny-group/<name>"``: a task group of the tiny suite (``synthetic``, ``real``);
+* ``"general10"``, ``"plant6"``, ``"fashion20"``: SoftCPT's groups by name, read from the data root
+  (:mod:`vlprompt.data.named_groups`);
 * a YAML file (``.yaml`` / ``.yml``) holding a list of members or ``{name:, root:, tasks: [...]}``;
 * a list of members (Python) or a comma-separated string of dataset names (``"eurosat,dtd"``);
 * a SoftCPT split file ``split_dk_<Name>.json`` (every task its ``meta`` block lists).
 
 A member is a registered dataset name, or a mapping with ``dataset`` (+ optional ``root``,
 ``task_name``, ``metric``, ``split: dk`` to read the dataset folder's ``split_dk_*.json`` instead of
-the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``).
+the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``); ``name``
+renames a single-task member (its key in ``per_task``).
 
 The SoftCPT split format (``split_dk_<Name>.json``) is CoOp's ``save_split`` JSON whose entries are
 ``[relative_path, [label], [task]]`` (a label and a task id, each in a one-element list; plain
@@ -56,6 +59,7 @@ from vlprompt.errors import ConfigError, DatasetError
 
 from .fewshot import apply_few_shot, subsample_classes
 from .layout import abspath, pretty_classname
+from .named_groups import layout_error, named_group, named_group_members
 from .task import Sample, Task
 from .transforms import PER_SAMPLE
 
@@ -95,7 +99,7 @@ def is_group_spec(spec: object) -> bool:
         return False
     s = os.fspath(spec)
     base = os.path.basename(s)
-    return (s.startswith(TINY_GROUP_PREFIX) or s.endswith((".yaml", ".yml")) or "," in s
+    return (s.startswith(TINY_GROUP_PREFIX) or named_group(s) is not None or s.endswith((".yaml", ".yml")) or "," in s
             or (base.startswith("split_dk_") and base.endswith(".json")))
 
 
@@ -273,7 +277,7 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
     if not isinstance(member, dict) or not ({"dataset", "split_dk"} & set(member)):
         raise ConfigError(f"task-group member {member!r}: expected a dataset name or a mapping with 'dataset' or "
                           "'split_dk'")
-    unknown = set(member) - {"dataset", "root", "split_dk", "image_dir", "task_name", "metric", "split"}
+    unknown = set(member) - {"dataset", "root", "split_dk", "image_dir", "task_name", "metric", "split", "name"}
     if unknown:
         raise ConfigError(f"task-group member {member!r}: unknown key(s) {sorted(unknown)}")
     if "split_dk" in member:
@@ -297,8 +301,10 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
                      or DEFAULT_TASK_NAMES.get(canon) or f"{pretty_classname(canon)} classification")
             task.extra = {**task.extra, "task_name": tname, "metric": DEFAULT_METRICS.get(canon, "overall_acc")}
             tasks = [task]
-    if len(tasks) > 1 and "task_name" in member:
-        raise ConfigError(f"task-group member {member!r}: task_name applies to single-task members only")
+    if len(tasks) > 1 and ({"task_name", "name"} & set(member)):
+        raise ConfigError(f"task-group member {member!r}: task_name / name apply to single-task members only")
+    if "name" in member:
+        tasks[0].name = str(member["name"])
     for t in tasks:
         if "task_name" in member:
             t.extra["task_name"] = str(member["task_name"])
@@ -369,6 +375,8 @@ def load_task_group(
         s = os.fspath(group)
         if s.startswith(TINY_GROUP_PREFIX):
             name, members = s, _tiny_group(s[len(TINY_GROUP_PREFIX):], root)
+        elif named_group(s) is not None:
+            name, members = named_group(s), named_group_members(s, root)
         elif s.endswith((".yaml", ".yml")):
             name, members, file_root = read_group_config(s)
             root = file_root or root
@@ -380,7 +388,12 @@ def load_task_group(
         else:
             raise ConfigError(f"{s!r} is not a task group; expected '{TINY_GROUP_PREFIX}<name>', a .yaml file, a "
                               "split_dk_<Name>.json file or comma-separated dataset names")
-    tasks = [t for m in members for t in _member_tasks(m, root)]
+    try:
+        tasks = [t for m in members for t in _member_tasks(m, root)]
+    except DatasetError as exc:
+        if isinstance(group, str) and named_group(group) is not None:
+            raise layout_error(group, exc) from exc
+        raise
     out = []
     for t in tasks:
         t.seed = seed

@@ -326,7 +326,8 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         single = [d.name for d in datasets if not is_group_spec(d.name)]
         if single:
             raise ConfigError(f"sweep: protocol multitask trains on task groups; {single} are single datasets "
-                              "(expected tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or 'a,b,c')")
+                              "(expected tiny-group/<name>, general10 / plant6 / fashion20, a group .yaml, "
+                              "a split_dk_<Name>.json or 'a,b,c')")
     return Sweep(
         methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
         protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
