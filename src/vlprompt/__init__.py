@@ -15,6 +15,7 @@ from .api import (  # noqa: E402
     TrainConfig,
     build_method,
     evaluate,
+    evaluate_per_task,
     fit,
     load_backbone,
     load_dataset,

@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset", help="paper: SGD lr 0.002, 50 epochs, batch 32")
+    p.add_argument("--base2new", action="store_true",
+                   help="train on every task's base classes jointly, test each task's base and new classes (B/N/H)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=["zeroshot", "linear-probe"],
+                   help="single-task baselines run per task of each group, added to the tables")
     _add_backbone_args(p)
     _add_train_args(p)
 
@@ -298,7 +302,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     elif args.command == "few-shot":
         summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
     elif args.command == "multitask":
-        summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds)
+        summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds, base2new=args.base2new,
+                                      baselines=args.baselines)
     elif args.command == "data-efficient":
         summary = protocols.data_efficient(_spec(args), args.datasets, args.ratios, seeds, args.selection)
     elif args.command == "cross-dataset":

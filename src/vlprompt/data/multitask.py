@@ -329,7 +329,8 @@ def merge_tasks(tasks: Sequence[Task], name: str) -> Task:
         off = len(classnames)
         info.append({"name": key, "task_name": t.extra.get("task_name") or pretty_classname(t.name),
                      "offset": off, "num_classes": t.num_classes, "metric": t.extra.get("metric", "overall_acc"),
-                     "description": t.extra.get("description", ""), "augment": t.augment})
+                     "description": t.extra.get("description", ""), "augment": t.augment,
+                     "template": t.template})
         classnames += t.classnames
         for split in splits:
             # every sample keeps its member task's training augmentation policy
@@ -343,6 +344,38 @@ def merge_tasks(tasks: Sequence[Task], name: str) -> Task:
     return Task(name=name, classnames=classnames, template="a photo of a {}.", train=splits["train"],
                 val=splits["val"], test=splits["test"], root=common, shots=first.shots, seed=first.seed,
                 subsample=first.subsample, image_dir=common, augment=augment, extra={"group": name, "tasks": info})
+
+
+def split_group(group: Task) -> list[Task]:
+    """The member tasks of a loaded group, each as a one-task group with local labels.
+
+    Each keeps its own template, augmentation policy and metric (``extra["tasks"]`` lists only
+    itself, at offset 0), so a single-task method (zero-shot, linear probe) trained and evaluated on
+    it reports the task's accuracy exactly as the group's per-task evaluation does.
+
+    Example:
+        >>> [t.name for t in split_group(vp.load_dataset("tiny-group/real", None, shots=4))]
+        ['tiny/digits', 'tiny/real_textures']
+    """
+    infos = group.extra.get("tasks")
+    if not infos:
+        raise ConfigError(f"{group.name!r} is not a task group")
+    out = []
+    for info in infos:
+        lo, n = info["offset"], info["num_classes"]
+
+        def pick(samples: list[Sample], lo: int = lo, n: int = n) -> list[Sample]:
+            return [Sample(s.path, s.label - lo, s.classname, s.augment) for s in samples if lo <= s.label < lo + n]
+
+        train = pick(group.train)
+        policies = {s.augment for s in train}
+        out.append(group.with_splits(
+            name=info["name"], classnames=group.classnames[lo:lo + n], template=info.get("template", group.template),
+            train=train, val=pick(group.val), test=pick(group.test),
+            augment=policies.pop() if len(policies) == 1 else info.get("augment", "clip"),
+            extra={"group": group.name, "task_name": info["task_name"], "tasks": [{**info, "offset": 0}]},
+        ))
+    return out
 
 
 def load_task_group(
