@@ -106,3 +106,52 @@ def test_multitask_cli_with_linear_probe_and_zeroshot_baselines(tiny_suite, cach
         "2-shot"]) / 2)
     assert summary["baseline_average"]["linear-probe"]["2-shot"] == pytest.approx(g["2-shot"])
     assert "[linear-probe]" in (out / "multitask.md").read_text()
+
+
+# ------------------------------------------------------------------ sweep + report
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run the local executor's runs in this process (no worker spawn)."""
+    from vlprompt.sweep import run as run_mod
+
+    def run_local(runs, workers, on_start, on_done, threads=None):
+        for r in runs:
+            on_start(r.id)
+            on_done(run_mod.execute(r))
+
+    monkeypatch.setattr(run_mod, "run_local", run_local)
+
+
+def test_sweep_multitask_base2new_and_baselines_report(tiny_suite, cache_dir, tmp_path, in_process):
+    import yaml
+
+    from vlprompt.report import collect, write_report
+    from vlprompt.sweep import is_complete, load_sweep, sweep_main
+
+    out = tmp_path / "runs"
+    spec = {"name": "mtb", "methods": [{"name": "softcpt-nata", "options": {"n_ctx": 4}}, "zeroshot"],
+            "datasets": ["tiny-group/synthetic"], "protocol": "multitask-base2new", "shots": [2], "seeds": [1],
+            "overrides": {"train": {"epochs": 1, "batch_size": 8, "precision": "fp32"}}, "data_root": str(tiny_suite),
+            "cache_dir": cache_dir, "out": str(out / "b2n")}
+    (tmp_path / "b2n.yaml").write_text(yaml.safe_dump(spec))
+    lp = {**spec, "methods": ["linear-probe"], "protocol": "multitask", "out": str(out / "lp")}
+    (tmp_path / "lp.yaml").write_text(yaml.safe_dump(lp))
+    assert sweep_main([str(tmp_path / "b2n.yaml"), "--workers", "1"]) == 0
+    assert sweep_main([str(tmp_path / "lp.yaml"), "--workers", "1"]) == 0
+    runs = load_sweep(tmp_path / "b2n.yaml").expand()
+    assert all(is_complete(r) for r in runs) and len(runs) == 2
+    by_method = {r.method: json.loads((tmp_path / r.out / "results.json").read_text()) for r in runs}
+    joint, zs = by_method["softcpt-nata"], by_method["zeroshot"]
+    assert set(joint["per_task_new"]) == set(zs["per_task_new"]) == {"tiny/shapes", "tiny/colours"}
+    assert zs["new_acc"] == pytest.approx(sum(zs["per_task_new"].values()) / 2)
+    assert zs["hm"] == pytest.approx(hm(zs["base_acc"], zs["new_acc"]))
+    rows = collect(out)
+    assert sorted((r["method"], r["protocol"]) for r in rows) == [
+        ("linear-probe", "multitask"), ("softcpt-nata", "base2new"), ("zeroshot", "base2new")]  # no inner runs
+    files = {p.split("/")[-1] for p in write_report(out, plots=False)["files"]}
+    assert {"base2new.md", "multitask_base2new_tasks.md", "multitask_base2new_tasks.csv",
+            "multitask_tasks.md"} <= files
+    md = (out / "report" / "multitask_base2new_tasks.md").read_text()
+    assert "## zeroshot" in md and "## softcpt-nata" in md and "2-shot H" in md
+    lp_md = (out / "report" / "multitask_tasks.md").read_text()
+    assert "## linear-probe" in lp_md and "tiny/colours" in lp_md

@@ -108,6 +108,35 @@ def baseline_per_task(
     return per_task
 
 
+def baseline_group_run(
+    template: RunSpec, group: str, method: str, shots: int | None, seed: int, out: str | Path, base2new: bool = False,
+) -> dict[str, Any]:
+    """One group-level result of a per-task baseline, shaped like a joint run's ``results.json``.
+
+    The per-task runs go to ``<out>/tasks/{all,base,new}/<task>`` (:func:`baseline_per_task`); the
+    returned dict has ``per_task`` and ``acc`` (their mean), plus for base-to-new (zero-shot only)
+    ``per_task_new``, ``base_acc``, ``new_acc`` and ``hm``. Used by the sweep's multitask protocols.
+
+    Example:
+        >>> baseline_group_run(spec, "tiny-group/real", "zeroshot", 16, 1, "runs/zs", base2new=True)["hm"]
+    """
+    if base2new and method != "zeroshot":
+        raise ConfigError(f"{method} cannot be a base-to-new baseline: it has no classifier for the new classes; "
+                          "use zeroshot")
+    root = Path(out) / "tasks"
+    base = baseline_per_task(template, group, method, shots, seed, "base" if base2new else "all",
+                             root / ("base" if base2new else "all"))
+    res: dict[str, Any] = {"method": method, "dataset": group, "protocol": "multitask-baseline", "shots": shots,
+                           "seed": seed, "subsample": "base" if base2new else "all", "per_task": base,
+                           "acc": mean(base.values()), "backbone": template.backbone}
+    if base2new:
+        new = baseline_per_task(template, group, method, shots, seed, "new", root / "new")
+        res.update({"per_task_new": new, "per_task_hm": {t: hm(base[t], new[t]) for t in base if t in new},
+                    "base_acc": res["acc"], "new_acc": mean(new.values())})
+        res["hm"] = hm(res["base_acc"], res["new_acc"])
+    return res
+
+
 def _cols(shots: Sequence[int], base2new: bool) -> list[str]:
     if not base2new:
         return [f"{k}-shot" for k in shots]

@@ -4,7 +4,7 @@ Schema (see ``docs/sweeps.md``)::
 
     methods: [zeroshot, coop, {name: coop+dept, options: {n_ctx: 4}}]
     datasets: [eurosat, dtd, {name: imagefolder, root: /data/shapes, label: shapes}, imagefolder@/data/x]
-    protocol: base2new            # base2new | few-shot | all | multitask | vtab
+    protocol: base2new            # base2new | few-shot | all | multitask | multitask-base2new | vtab
     shots: [16]
     seeds: [1, 2, 3]              # vtab: the final seeds of one run (default VPT's 42 44 82 100 800)
     lrs: [10, 1, 0.1]             # vtab only: the base-lr × wd grid (default VPT's)
@@ -36,7 +36,9 @@ import yaml
 from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
 
-PROTOCOLS = ("base2new", "few-shot", "multitask", "vtab")
+PROTOCOLS = ("base2new", "few-shot", "multitask", "multitask-base2new", "vtab")
+#: protocols whose datasets are task groups
+GROUP_PROTOCOLS = ("multitask", "multitask-base2new")
 #: what ``protocol: all`` expands to
 ALL_PROTOCOLS = ("base2new", "few-shot")
 _KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
@@ -129,7 +131,7 @@ class Sweep:
                     if root is None:
                         raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or datasets[].root")
                     dataset = ds.name
-                    if protocol == "multitask" and dataset.endswith(_GROUP_FILES):  # a group file under the root
+                    if protocol in GROUP_PROTOCOLS and dataset.endswith(_GROUP_FILES):  # a group file under the root
                         dataset = os.path.expanduser(dataset)
                         if not os.path.isabs(dataset):
                             dataset = os.path.join(os.path.expanduser(str(root)), dataset)
@@ -320,7 +322,7 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
 
     datasets = [_parse_dataset(d) for d in _as_list(data["datasets"], [])]
     datasets = [DatasetEntry(d.name, resolve(d.root), d.label) for d in datasets]
-    if "multitask" in protocols:
+    if set(GROUP_PROTOCOLS) & set(protocols):
         from ..data.multitask import is_group_spec
 
         single = [d.name for d in datasets if not is_group_spec(d.name)]
