@@ -15,6 +15,7 @@ from .api import (  # noqa: E402
     TrainConfig,
     build_method,
     evaluate,
+    evaluate_per_task,
     fit,
     load_backbone,
     load_dataset,
@@ -30,5 +31,5 @@ from .errors import CheckpointError, ConfigError, DatasetError, VlpromptError  #
 __all__ = [
     "CheckpointError", "ConfigError", "DatasetError", "TrainConfig", "VlpromptError", "__version__",
     "build_method", "evaluate", "fit", "load_backbone", "load_dataset", "load_prompt", "predict",
-    "save_prompt", "seed_everything", "load_task_group", "task_structure",
+    "save_prompt", "seed_everything", "load_task_group", "task_structure", "evaluate_per_task",
 ]

@@ -22,7 +22,7 @@ from .prompt_io import load_prompt, save_prompt
 
 __all__ = [
     "build_method", "evaluate", "fit", "load_backbone", "load_dataset", "load_prompt", "predict",
-    "save_prompt", "seed_everything", "TrainConfig", "load_task_group", "task_structure",
+    "save_prompt", "seed_everything", "TrainConfig", "load_task_group", "task_structure", "evaluate_per_task",
 ]
 
 
@@ -47,6 +47,31 @@ def evaluate(
     if tasks:  # a task group: the mean over tasks of each task's accuracy on its own classes
         return evaluate_task_group(model, samples, tasks, cache, prec, dev, batch_size)["acc"]
     return evaluate_samples(model, samples, cache, prec, dev, batch_size)["acc"]
+
+
+def evaluate_per_task(
+    model: PromptMethod, group: Task, precision: str = "auto", device: str = "auto", batch_size: int = 100,
+    cache_dir: str | None = None,
+) -> dict[str, float]:
+    """Accuracy (percent) of every task of a task group on its own classes (each task's metric).
+
+    Raises:
+        ConfigError: ``group`` is not a task group.
+
+    Example:
+        >>> vp.evaluate_per_task(model, group)
+        {'tiny/digits': 88.0, 'tiny/real_textures': 91.2}
+    """
+    from .errors import ConfigError
+
+    tasks = group.extra.get("tasks")
+    if not tasks:
+        raise ConfigError(f"evaluate_per_task needs a task group; {group.name!r} is a single dataset")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model.to(dev)
+    cache = FeatureCache(model.backbone, prec, dev, cache_dir, batch_size)
+    return evaluate_task_group(model, group.test, tasks, cache, prec, dev, batch_size)["per_task"]
 
 
 @torch.no_grad()

@@ -116,13 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("multitask", help="train jointly on a task group (SoftCPT), accuracy per task")
     p.add_argument("--method", required=True, help="e.g. softcpt-nata, softcpt-nats, softcpt-nata+dept")
     p.add_argument("--groups", nargs="+", required=True,
-                   help="tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or comma-separated datasets")
+                   help="tiny-group/<name>, general10 / plant6 / fashion20 (SoftCPT's groups, data under --root), "
+                        "a group .yaml, a split_dk_<Name>.json or comma-separated datasets")
     p.add_argument("--root", default="", help="data root of the groups' datasets (not needed for tiny-group/)")
     p.add_argument("--shots-list", nargs="+", type=int, default=[16])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", required=True)
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--preset", help="paper: SGD lr 0.002, 50 epochs, batch 32")
+    p.add_argument("--base2new", action="store_true",
+                   help="train on every task's base classes jointly, test each task's base and new classes (B/N/H)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=["zeroshot", "linear-probe"],
+                   help="single-task baselines run per task of each group, added to the tables")
     _add_backbone_args(p)
     _add_train_args(p)
 
@@ -304,7 +309,8 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     elif args.command == "few-shot":
         summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
     elif args.command == "multitask":
-        summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds)
+        summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds, base2new=args.base2new,
+                                      baselines=args.baselines)
     elif args.command == "data-efficient":
         summary = protocols.data_efficient(_spec(args), args.datasets, args.ratios, seeds, args.selection)
     elif args.command == "cross-dataset":

@@ -28,7 +28,7 @@ from .fewshot import (
     subsample_classes,
 )
 from .images import ImageDataset, check_readable
-from .multitask import is_group_spec, load_task_group, read_split_dk, task_structure
+from .multitask import is_group_spec, load_task_group, read_split_dk, split_group, task_structure
 from .registry import canonical_name, get_loader, list_datasets, register_dataset
 from .synthetic import make_image_folder
 from .task import Sample, Task
@@ -52,6 +52,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_task_group",
+    "split_group",
     "read_split_dk",
     "load_split",
     "make_image_folder",

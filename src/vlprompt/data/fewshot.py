@@ -110,7 +110,7 @@ def subsample_classes(task: Task, which: str) -> Task:
 
     def pick(samples: list[Sample]) -> list[Sample]:
         return [
-            Sample(s.path, relabel[s.label], classnames[relabel[s.label]])
+            Sample(s.path, relabel[s.label], classnames[relabel[s.label]], s.augment)
             for s in samples
             if s.label in relabel
         ]

@@ -45,6 +45,8 @@ class ImageDataset(Dataset):
         samples: the samples (e.g. ``task.train``).
         transform: applied to the RGB PIL image; ``None`` returns the PIL image itself.
         split: split name used in error messages.
+        per_sample: one transform per sample (replaces ``transform``), e.g. each sample's own
+            augmentation policy in a task group (:func:`policy_transforms`).
     """
 
     def __init__(
@@ -52,10 +54,14 @@ class ImageDataset(Dataset):
         samples: Sequence[Sample],
         transform: Callable[[Image.Image], Any] | None = None,
         split: str = "",
+        per_sample: Sequence[Callable[[Image.Image], Any]] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.split = split
+        if per_sample is not None and len(per_sample) != len(self.samples):
+            raise ConfigError(f"per_sample has {len(per_sample)} transforms for {len(self.samples)} samples")
+        self.per_sample = list(per_sample) if per_sample is not None else None
 
     @classmethod
     def from_task(
@@ -77,9 +83,21 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         sample = self.samples[index]
         image = open_image(sample, self.split)
-        if self.transform is not None:
-            image = self.transform(image)
+        transform = self.per_sample[index] if self.per_sample is not None else self.transform
+        if transform is not None:
+            image = transform(image)
         return image, sample.label, index
+
+
+def policy_transforms(policies: Sequence[str], build: Callable[[str], Any]) -> list[Any]:
+    """One transform per sample from per-sample policy names, building each distinct policy once.
+
+    Example:
+        >>> tfs = policy_transforms(["none", "crop", "none"], lambda p: train_transform(224, augment=p))
+        >>> ds = ImageDataset(samples, per_sample=tfs)
+    """
+    built: dict[str, Any] = {}
+    return [built[p] if p in built else built.setdefault(p, build(p)) for p in policies]
 
 
 def check_readable(samples: Sequence[Sample], split: str = "") -> None:

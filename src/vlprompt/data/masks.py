@@ -41,7 +41,7 @@ from vlprompt.errors import DatasetError
 
 from .images import open_image
 from .task import Sample, Task
-from .transforms import CLIP_MEAN, CLIP_STD, TRAIN_SCALE, ToRGB, _check_size
+from .transforms import CLIP_MEAN, CLIP_STD, MILD_SCALE, TRAIN_SCALE, ToRGB, _check_augment, _check_size
 
 MASK_LAYOUT_HELP = (
     "expected a mask per training image under <dataset folder>/mask/ (or task.extra['mask_dir']): "
@@ -140,16 +140,27 @@ class ArrayMasks:
 
 
 class PairedTrainTransform:
-    """The training transform applied identically to an image and its mask.
+    """The training transform of an augmentation policy, applied identically to an image and its mask.
 
-    The mask is first resized to the image (nearest), then one ``RandomResizedCrop(size,
-    scale=(0.08, 1))`` box and one horizontal-flip coin are drawn (torch RNG) and applied to
-    both — bicubic for the image, nearest for the mask — then the image is normalised with
-    CLIP's statistics. Returns ``(image (3, S, S), mask (1, S, S) float in [0, 1])``.
+    The mask is first resized to the image (nearest); then, by ``augment``
+    (:data:`vlprompt.data.transforms.AUGMENTS`, the task's policy as for every other method):
+
+    * ``"clip"``: one ``RandomResizedCrop(size, scale=(0.08, 1))`` box and one horizontal-flip coin
+      are drawn (torch RNG) and applied to both;
+    * ``"crop"``: one ``RandomResizedCrop(size, scale=(0.5, 1))`` box, no flip;
+    * ``"none"``: the test geometry (shorter side resized to ``size``, centre crop), no randomness.
+
+    The image is resampled bicubic, the mask nearest; the image is then normalised (``mean`` /
+    ``std``, CLIP's by default). Returns ``(image (3, S, S), mask (1, S, S) float in [0, 1])``.
     """
 
-    def __init__(self, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+    def __init__(
+        self, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+        augment: str = "clip",
+    ) -> None:
         self.size = _check_size(size)
+        _check_augment(augment)
+        self.augment = augment
         self.normalize = T.Normalize(mean, std)
         self.rgb = ToRGB()
 
@@ -157,12 +168,17 @@ class PairedTrainTransform:
         image = self.rgb(image)
         if mask.size != image.size:
             mask = mask.resize(image.size, Image.NEAREST)
-        top, left, h, w = T.RandomResizedCrop.get_params(image, list(TRAIN_SCALE), [3.0 / 4.0, 4.0 / 3.0])
         size = [self.size, self.size]
-        image = TF.resized_crop(image, top, left, h, w, size, T.InterpolationMode.BICUBIC)
-        mask = TF.resized_crop(mask, top, left, h, w, size, T.InterpolationMode.NEAREST)
-        if torch.rand(1) < 0.5:
-            image, mask = TF.hflip(image), TF.hflip(mask)
+        if self.augment == "none":
+            image = TF.center_crop(TF.resize(image, self.size, T.InterpolationMode.BICUBIC), size)
+            mask = TF.center_crop(TF.resize(mask, self.size, T.InterpolationMode.NEAREST), size)
+        else:
+            scale = TRAIN_SCALE if self.augment == "clip" else MILD_SCALE
+            top, left, h, w = T.RandomResizedCrop.get_params(image, list(scale), [3.0 / 4.0, 4.0 / 3.0])
+            image = TF.resized_crop(image, top, left, h, w, size, T.InterpolationMode.BICUBIC)
+            mask = TF.resized_crop(mask, top, left, h, w, size, T.InterpolationMode.NEAREST)
+            if self.augment == "clip" and torch.rand(1) < 0.5:
+                image, mask = TF.hflip(image), TF.hflip(mask)
         return self.normalize(TF.to_tensor(image)), TF.to_tensor(mask)
 
 
@@ -175,13 +191,15 @@ class MaskedImageDataset(Dataset):
     Args:
         samples: the training samples.
         masks: ``masks(index, pil_image) -> PIL mask`` (:class:`DiskMasks`, :class:`ArrayMasks`).
-        transform: a :class:`PairedTrainTransform`.
+        transform: a :class:`PairedTrainTransform`, or one per sample (each sample's own policy).
     """
 
-    def __init__(self, samples: Sequence[Sample], masks: MaskSource, transform: PairedTrainTransform,
-                 split: str = "train") -> None:
+    def __init__(self, samples: Sequence[Sample], masks: MaskSource,
+                 transform: PairedTrainTransform | Sequence[PairedTrainTransform], split: str = "train") -> None:
         self.samples = list(samples)
         self.masks = masks
+        if not isinstance(transform, PairedTrainTransform) and len(transform) != len(self.samples):
+            raise DatasetError(f"{len(transform)} paired transforms for {len(self.samples)} samples")
         self.transform = transform
         self.split = split
 
@@ -191,5 +209,6 @@ class MaskedImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         sample = self.samples[index]
         image = open_image(sample, self.split)
-        image, mask = self.transform(image, self.masks(index, image))
+        tf = self.transform if isinstance(self.transform, PairedTrainTransform) else self.transform[index]
+        image, mask = tf(image, self.masks(index, image))
         return image, mask, sample.label, index

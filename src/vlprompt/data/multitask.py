@@ -12,16 +12,24 @@ describes the members (in order)::
 Few-shot sampling (K per class in train, ``min(K, 4)`` in val) and base/new subsampling (first
 ``ceil(n/2)`` classes *of each task*) are applied per task before merging.
 
+Every sample keeps its member task's training augmentation policy (``Sample.augment``: the tiny
+suite's digits train with ``none``, its real textures with ``crop``, real datasets with ``clip``); the
+group's ``Task.augment`` is the members' common policy, or ``"per-sample"`` when they differ.
+``TrainConfig.augment`` still overrides every sample's policy.
+
 A group is given as:
 
 * ``"tiny-group/<name>"``: a task group of the tiny suite (``synthetic``, ``real``);
+* ``"general10"``, ``"plant6"``, ``"fashion20"``: SoftCPT's groups by name, read from the data root
+  (:mod:`vlprompt.data.named_groups`);
 * a YAML file (``.yaml`` / ``.yml``) holding a list of members or ``{name:, root:, tasks: [...]}``;
 * a list of members (Python) or a comma-separated string of dataset names (``"eurosat,dtd"``);
 * a SoftCPT split file ``split_dk_<Name>.json`` (every task its ``meta`` block lists).
 
 A member is a registered dataset name, or a mapping with ``dataset`` (+ optional ``root``,
 ``task_name``, ``metric``, ``split: dk`` to read the dataset folder's ``split_dk_*.json`` instead of
-the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``).
+the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``); ``name``
+renames a single-task member (its key in ``per_task``).
 
 The SoftCPT split format (``split_dk_<Name>.json``) is CoOp's ``save_split`` JSON whose entries are
 ``[relative_path, [label], [task]]`` (a label and a task id, each in a one-element list; plain
@@ -51,7 +59,9 @@ from vlprompt.errors import ConfigError, DatasetError
 
 from .fewshot import apply_few_shot, subsample_classes
 from .layout import abspath, pretty_classname
+from .named_groups import layout_error, named_group, named_group_members
 from .task import Sample, Task
+from .transforms import PER_SAMPLE
 
 TINY_GROUP_PREFIX = "tiny-group/"
 METRICS = ("overall_acc", "mean_acc")
@@ -89,7 +99,7 @@ def is_group_spec(spec: object) -> bool:
         return False
     s = os.fspath(spec)
     base = os.path.basename(s)
-    return (s.startswith(TINY_GROUP_PREFIX) or s.endswith((".yaml", ".yml")) or "," in s
+    return (s.startswith(TINY_GROUP_PREFIX) or named_group(s) is not None or s.endswith((".yaml", ".yml")) or "," in s
             or (base.startswith("split_dk_") and base.endswith(".json")))
 
 
@@ -267,7 +277,7 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
     if not isinstance(member, dict) or not ({"dataset", "split_dk"} & set(member)):
         raise ConfigError(f"task-group member {member!r}: expected a dataset name or a mapping with 'dataset' or "
                           "'split_dk'")
-    unknown = set(member) - {"dataset", "root", "split_dk", "image_dir", "task_name", "metric", "split"}
+    unknown = set(member) - {"dataset", "root", "split_dk", "image_dir", "task_name", "metric", "split", "name"}
     if unknown:
         raise ConfigError(f"task-group member {member!r}: unknown key(s) {sorted(unknown)}")
     if "split_dk" in member:
@@ -291,8 +301,10 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
                      or DEFAULT_TASK_NAMES.get(canon) or f"{pretty_classname(canon)} classification")
             task.extra = {**task.extra, "task_name": tname, "metric": DEFAULT_METRICS.get(canon, "overall_acc")}
             tasks = [task]
-    if len(tasks) > 1 and "task_name" in member:
-        raise ConfigError(f"task-group member {member!r}: task_name applies to single-task members only")
+    if len(tasks) > 1 and ({"task_name", "name"} & set(member)):
+        raise ConfigError(f"task-group member {member!r}: task_name / name apply to single-task members only")
+    if "name" in member:
+        tasks[0].name = str(member["name"])
     for t in tasks:
         if "task_name" in member:
             t.extra["task_name"] = str(member["task_name"])
@@ -317,16 +329,53 @@ def merge_tasks(tasks: Sequence[Task], name: str) -> Task:
         off = len(classnames)
         info.append({"name": key, "task_name": t.extra.get("task_name") or pretty_classname(t.name),
                      "offset": off, "num_classes": t.num_classes, "metric": t.extra.get("metric", "overall_acc"),
-                     "description": t.extra.get("description", "")})
+                     "description": t.extra.get("description", ""), "augment": t.augment,
+                     "template": t.template})
         classnames += t.classnames
         for split in splits:
-            splits[split] += [Sample(s.path, s.label + off, s.classname) for s in getattr(t, split)]
+            # every sample keeps its member task's training augmentation policy
+            splits[split] += [Sample(s.path, s.label + off, s.classname, s.augment or t.augment)
+                              for s in getattr(t, split)]
     dirs = [os.fspath(abspath(t.image_dir or t.root)) for t in tasks]
     common = Path(os.path.commonpath(dirs))
     first = tasks[0]
+    policies = {s.augment for s in splits["train"]} or {first.augment}
+    augment = policies.pop() if len(policies) == 1 else PER_SAMPLE
     return Task(name=name, classnames=classnames, template="a photo of a {}.", train=splits["train"],
                 val=splits["val"], test=splits["test"], root=common, shots=first.shots, seed=first.seed,
-                subsample=first.subsample, image_dir=common, extra={"group": name, "tasks": info})
+                subsample=first.subsample, image_dir=common, augment=augment, extra={"group": name, "tasks": info})
+
+
+def split_group(group: Task) -> list[Task]:
+    """The member tasks of a loaded group, each as a one-task group with local labels.
+
+    Each keeps its own template, augmentation policy and metric (``extra["tasks"]`` lists only
+    itself, at offset 0), so a single-task method (zero-shot, linear probe) trained and evaluated on
+    it reports the task's accuracy exactly as the group's per-task evaluation does.
+
+    Example:
+        >>> [t.name for t in split_group(vp.load_dataset("tiny-group/real", None, shots=4))]
+        ['tiny/digits', 'tiny/real_textures']
+    """
+    infos = group.extra.get("tasks")
+    if not infos:
+        raise ConfigError(f"{group.name!r} is not a task group")
+    out = []
+    for info in infos:
+        lo, n = info["offset"], info["num_classes"]
+
+        def pick(samples: list[Sample], lo: int = lo, n: int = n) -> list[Sample]:
+            return [Sample(s.path, s.label - lo, s.classname, s.augment) for s in samples if lo <= s.label < lo + n]
+
+        train = pick(group.train)
+        policies = {s.augment for s in train}
+        out.append(group.with_splits(
+            name=info["name"], classnames=group.classnames[lo:lo + n], template=info.get("template", group.template),
+            train=train, val=pick(group.val), test=pick(group.test),
+            augment=policies.pop() if len(policies) == 1 else info.get("augment", "clip"),
+            extra={"group": group.name, "task_name": info["task_name"], "tasks": [{**info, "offset": 0}]},
+        ))
+    return out
 
 
 def load_task_group(
@@ -359,6 +408,8 @@ def load_task_group(
         s = os.fspath(group)
         if s.startswith(TINY_GROUP_PREFIX):
             name, members = s, _tiny_group(s[len(TINY_GROUP_PREFIX):], root)
+        elif named_group(s) is not None:
+            name, members = named_group(s), named_group_members(s, root)
         elif s.endswith((".yaml", ".yml")):
             name, members, file_root = read_group_config(s)
             root = file_root or root
@@ -370,7 +421,12 @@ def load_task_group(
         else:
             raise ConfigError(f"{s!r} is not a task group; expected '{TINY_GROUP_PREFIX}<name>', a .yaml file, a "
                               "split_dk_<Name>.json file or comma-separated dataset names")
-    tasks = [t for m in members for t in _member_tasks(m, root)]
+    try:
+        tasks = [t for m in members for t in _member_tasks(m, root)]
+    except DatasetError as exc:
+        if isinstance(group, str) and named_group(group) is not None:
+            raise layout_error(group, exc) from exc
+        raise
     out = []
     for t in tasks:
         t.seed = seed

@@ -14,11 +14,14 @@ class Sample:
         path: absolute path of the image file.
         label: 0-based class index into the owning task's ``classnames``.
         classname: the class name (kept for split files; the task's list is authoritative).
+        augment: this sample's training augmentation policy, or ``None`` for its task's
+            ``augment`` (a task group gives every sample its member task's policy).
     """
 
     path: str
     label: int
     classname: str = ""
+    augment: str | None = None
 
 
 @dataclass
@@ -37,7 +40,8 @@ class Task:
         subsample: ``"all"``, ``"base"`` or ``"new"``.
         image_dir: the directory that split-file paths are relative to.
         augment: training augmentation policy (``"clip"``: CLIP's random resized crop + flip, every
-            real dataset; ``"crop"`` / ``"none"`` for tasks whose labels those augmentations change).
+            real dataset; ``"crop"`` / ``"none"`` for tasks whose labels those augmentations change;
+            ``"per-sample"`` for a task group whose members differ: each sample carries its own).
     """
 
     name: str

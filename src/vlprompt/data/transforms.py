@@ -23,6 +23,8 @@ from torchvision import transforms as T
 
 from vlprompt.errors import ConfigError
 
+from .task import Sample
+
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 TRAIN_SCALE: tuple[float, float] = (0.08, 1.0)
@@ -30,6 +32,8 @@ TRANSFORM_KINDS = ("train", "test")
 #: Training augmentation policies (see the module docstring).
 AUGMENTS = ("clip", "crop", "none")
 MILD_SCALE: tuple[float, float] = (0.5, 1.0)
+#: ``Task.augment`` of a task group whose members differ: every sample carries its own policy.
+PER_SAMPLE = "per-sample"
 _VERSION = 1
 
 
@@ -93,6 +97,30 @@ def build_transform(
     if kind == "train":
         return train_transform(size, mean, std, augment)
     return test_transform(size, mean, std)
+
+
+def sample_policies(samples: Sequence[Sample], default: str, override: str | None = None) -> list[str]:
+    """The training augmentation policy of every sample: ``override`` (``TrainConfig.augment``) if
+    set, else the sample's own (``Sample.augment``), else ``default`` (the task's ``augment``).
+
+    Raises:
+        ConfigError: an unknown policy, or a sample without a policy in a ``"per-sample"`` task.
+
+    Example:
+        >>> sample_policies(group.train, group.augment)        # e.g. ['none', 'none', ..., 'crop']
+    """
+    if override is not None:
+        _check_augment(override)
+        return [override] * len(samples)
+    out = []
+    for s in samples:
+        policy = s.augment or default
+        if policy == PER_SAMPLE:
+            raise ConfigError(f"sample '{s.path}' has no augmentation policy and its task's is {PER_SAMPLE!r}; "
+                              f"set Sample.augment to one of {', '.join(AUGMENTS)}")
+        _check_augment(policy)
+        out.append(policy)
+    return out
 
 
 def _check_augment(augment: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from ..backbones.base import Backbone
 from ..data.images import ImageDataset
 from ..data.task import Sample
 from ..data.transforms import image_norm, test_transform, train_transform, transform_id
+from ..errors import ConfigError
 from .precision import autocast
 
 
@@ -72,15 +74,27 @@ class FeatureCache:
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
     def get(
-        self, samples: list[Sample], kind: str = "test", view: int = 0, seed: int = 0, augment: str = "clip"
+        self, samples: list[Sample], kind: str = "test", view: int = 0, seed: int = 0,
+        augment: str | Sequence[str] = "clip",
     ) -> torch.Tensor:
         """Features ``(len(samples), embed_dim)`` of the plain (``test``) or an augmented view.
 
         ``augment`` is the training augmentation policy of an augmented view
-        (:data:`vlprompt.data.transforms.AUGMENTS`).
+        (:data:`vlprompt.data.transforms.AUGMENTS`), or one policy per sample (a task group whose
+        members differ): the samples of each policy are then cached under that policy's key and
+        the features put back in sample order.
         """
         if not samples:
             return torch.zeros(0, self.backbone.embed_dim)
+        if not isinstance(augment, str):
+            policies = list(augment)
+            if len(policies) != len(samples):
+                raise ConfigError(f"augment lists {len(policies)} policies for {len(samples)} samples")
+            distinct = list(dict.fromkeys(policies))
+            if kind != "train" or len(distinct) == 1:
+                augment = distinct[0]
+            else:
+                return self._get_per_policy(samples, view, seed, policies, distinct)
         key = self.key(samples, kind, view, seed, augment)
         if key in self._memo:
             return self._memo[key]
@@ -96,6 +110,15 @@ class FeatureCache:
                 os.replace(tmp, path)
         self._memo[key] = feats
         return feats
+
+    def _get_per_policy(
+        self, samples: list[Sample], view: int, seed: int, policies: list[str], distinct: list[str]
+    ) -> torch.Tensor:
+        out = torch.empty(len(samples), self.backbone.embed_dim)
+        for policy in distinct:
+            idx = [i for i, p in enumerate(policies) if p == policy]
+            out[idx] = self.get([samples[i] for i in idx], "train", view, seed, policy)
+        return out
 
     @torch.no_grad()
     def _compute(self, samples: list[Sample], kind: str, view: int, seed: int, augment: str) -> torch.Tensor:

@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.images import ImageDataset, check_readable
+from ..data.images import ImageDataset, check_readable, policy_transforms
 from ..data.masks import DiskMasks, MaskedImageDataset, PairedTrainTransform
 from ..data.splitfile import relative_entry
 from ..data.task import Task
-from ..data.transforms import image_norm, train_transform
+from ..data.transforms import image_norm, sample_policies, train_transform
 from ..errors import ConfigError
 from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
@@ -275,7 +275,8 @@ def _prepare_inputs(
             cache.get(task.train, model.feature_transform)
             cache.get(task.val, "test")
         elif model.needs_training and cfg.feature_views > 0 and cfg.epochs > 0:
-            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed, augment=augment_of(task, cfg))
+            policies = train_policies(task, cfg)
+            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed, augment=policies)
                                  for v in range(cfg.feature_views)])
         elif model.needs_training and cfg.epochs > 0:
             check_readable(task.train, "train")
@@ -307,8 +308,15 @@ def _labels(samples) -> torch.Tensor:
 
 
 def augment_of(task: Task, cfg: TrainConfig) -> str:
-    """The training augmentation policy of a run: the config's if set, else the task's."""
+    """The training augmentation policy of a run: the config's if set, else the task's
+    (``"per-sample"`` for a task group whose members' policies differ)."""
     return cfg.augment or task.augment
+
+
+def train_policies(task: Task, cfg: TrainConfig) -> list[str]:
+    """The augmentation policy of every training sample: the config's (a global override) if set,
+    else the sample's own (a task group's members keep theirs), else the task's."""
+    return sample_policies(task.train, task.augment, cfg.augment)
 
 
 def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -332,8 +340,12 @@ def _train_epochs(
     if cached:
         views = views.to(device)
     elif mask_source is None:
-        dataset = ImageDataset(task.train, train_transform(model.backbone.image_size, *image_norm(model.backbone),
-                                                           augment=augment_of(task, cfg)))
+        size, norm = model.backbone.image_size, image_norm(model.backbone)
+        dataset = ImageDataset(task.train, per_sample=policy_transforms(
+            train_policies(task, cfg), lambda p: train_transform(size, *norm, augment=p)))
+    if mask_source is not None and not cached:
+        size, norm = model.backbone.image_size, image_norm(model.backbone)
+        paired = policy_transforms(train_policies(task, cfg), lambda p: PairedTrainTransform(size, *norm, augment=p))
     show = cfg.progress and sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         if hasattr(model, "prepare_epoch"):  # e.g. DAPT-G recomputes its Grad-CAM masks
@@ -355,7 +367,7 @@ def _train_epochs(
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)
             if mask_source is not None:
                 masks = disk_masks if disk_masks is not None else model.epoch_masks()
-                dataset = MaskedImageDataset(task.train, masks, PairedTrainTransform(model.backbone.image_size))
+                dataset = MaskedImageDataset(task.train, masks, paired)
             loader = DataLoader(dataset, batch_sampler=[shard(b).tolist() for b in batches],
                                 num_workers=cfg.num_workers)
             steps = (_image_batch(items, device) for items in loader)

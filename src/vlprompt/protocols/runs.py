@@ -128,7 +128,7 @@ def evaluate_run(
     weights: str | None = None, trust_checkpoint: bool = False, device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained run on (another subset of / another) dataset with re-targeted prompts."""
-    from ..api import evaluate
+    from ..api import evaluate, evaluate_per_task
 
     run = RunDir(run_dir)
     cfg = run.read_config()
@@ -144,5 +144,9 @@ def evaluate_run(
         model.set_classnames(task.classnames, tasks=task_structure(task))
     else:
         model.set_classnames(task.classnames)
+    if task.extra.get("tasks"):  # a task group: each task on its own classes, acc = their mean
+        per_task = evaluate_per_task(model, task, device=device, cache_dir=cache_dir)
+        return {"dataset": task.name, "subsample": subsample, "acc": sum(per_task.values()) / len(per_task),
+                "per_task": per_task, "n_test": len(task.test)}
     acc = evaluate(model, task, device=device, cache_dir=cache_dir)
     return {"dataset": task.name, "subsample": subsample, "acc": acc, "n_test": len(task.test)}

@@ -20,9 +20,11 @@ from .tables import (
     base2new_tables,
     collect,
     mean_std,
+    multitask_base2new_task_tables,
     multitask_task_tables,
     render_accuracy,
     render_base2new,
+    render_multitask_base2new_tasks,
     render_multitask_tasks,
     render_vtab,
     vtab_tables,
@@ -38,8 +40,9 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
 
     Writes ``base2new.{md,csv}`` + ``base2new_compare.csv``, ``few_shot.{md,csv}`` +
     ``few_shot_compare.csv`` (and the same for any other accuracy protocol; ``multitask`` adds
-    ``multitask_tasks.{md,csv}``), ``cross_dataset.{md,csv}`` / ``domain_gen.{md,csv}`` (+ ``_compare.csv``:
-    methods × source, targets, average), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
+    ``multitask_tasks.{md,csv}``, multi-task base-to-new ``multitask_base2new_tasks.{md,csv}``),
+    ``cross_dataset.{md,csv}`` / ``domain_gen.{md,csv}`` (+ ``_compare.csv``: methods × source, targets,
+    average), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
     and with matplotlib ``base2new_bars.png``, ``few_shot_curves.png``, ``plugin_deltas.png``.
 
     Returns:
@@ -52,6 +55,9 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     b2n = base2new_tables(rows)
     if b2n:
         files.update(render_base2new(b2n))
+        mt_b2n = multitask_base2new_task_tables(rows)
+        if mt_b2n:
+            files.update(render_multitask_base2new_tasks(mt_b2n))
     acc: dict[str, dict[str, Any]] = {}
     for protocol in TRANSFER_PROTOCOLS:
         xd = transfer_tables(rows, protocol)

@@ -30,10 +30,12 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     such variants; runs outside a sweep keep the bare name),
     ``dataset`` (the sweep's dataset label when present), ``protocol`` (``base2new`` when the run has
     ``new_acc``), ``shots``, ``seed``, ``acc``, ``base_acc``, ``new_acc``, ``hm``, ``path``, ``per_task``
-    (multi-task runs) and ``vtab_runs`` / ``backbone_params`` (VTAB: the final runs behind the row).
+    (multi-task runs), ``per_task_new`` (multi-task base-to-new) and ``vtab_runs`` / ``backbone_params``
+    (VTAB: the final runs behind the row).
 
-    The inner runs of a VTAB sweep run (grid and seeds, below its own ``results.json``) are not rows:
-    the sweep run stands for them.
+    The inner runs of a VTAB sweep run (grid and seeds, below its own ``results.json``) and the
+    per-task runs of a multi-task baseline (``protocol: multitask-baseline``) are not rows: the
+    sweep / group run stands for them.
     """
     root = Path(root)
     if not root.is_dir():
@@ -52,6 +54,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         if any(d in p.parent.parents for d in vtab_dirs):  # inner runs of a VTAB sweep run
             continue
         sweep = res.get("sweep") or {}
+        if not sweep and res.get("protocol") == "multitask-baseline":  # per-task runs behind a group baseline
+            continue
         b2n = res.get("new_acc") is not None and res.get("base_acc") is not None
         rows.append({
             "method": str(res["method"]), "variant": _variant(res),
@@ -61,7 +65,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             "base_acc": res.get("base_acc"), "new_acc": res.get("new_acc"),
             "hm": res.get("hm") if res.get("hm") is not None
             else (hm(res["base_acc"], res["new_acc"]) if b2n else None),
-            "path": str(p.parent), "per_task": res.get("per_task"),
+            "path": str(p.parent), "per_task": res.get("per_task"), "per_task_new": res.get("per_task_new"),
             "vtab_runs": res.get("runs") if sweep.get("protocol") == "vtab" else None,
             "vtab_runs_pruned": (res.get("pruned") or {}).get("runs") if sweep.get("protocol") == "vtab" else None,
             "backbone_params": res.get("backbone_params"), "targets": res.get("targets"),
@@ -275,6 +279,54 @@ def render_multitask_tasks(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
         md += [f"## {method}\n", _md(header, body)]
     return {"multitask_tasks.md": "\n".join(md),
             "multitask_tasks.csv": _csv(["method", "group", "task", "shots", "acc", "acc_std", "seeds"], long_rows)}
+
+
+def multitask_base2new_task_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: per (group, task) × shots base / new accuracy (mean ± std over seeds) and H = HM of the
+    means, from multi-task base-to-new runs (``per_task`` = base, ``per_task_new``)."""
+    rs_all = [r for r in rows if r["protocol"] == "base2new" and r.get("per_task") and r.get("per_task_new")]
+    out: dict[str, dict[str, Any]] = {}
+    for method in _order([r["method"] for r in rs_all]):
+        rs = [r for r in rs_all if r["method"] == method]
+        shots = sorted({r["shots"] for r in rs}, key=_shots_key)
+        keys = _order([(r["dataset"], t) for r in rs for t in r["per_task"]])
+        cells: dict[tuple[str, str, Any], dict[str, float]] = {}
+        for group, task in keys:
+            for k in shots:
+                d = [r for r in rs if r["dataset"] == group and r["shots"] == k
+                     and task in r["per_task"] and task in r["per_task_new"]]
+                if d:
+                    (bm, bs), (nm, ns) = (mean_std([float(r["per_task"][task]) for r in d]),
+                                          mean_std([float(r["per_task_new"][task]) for r in d]))
+                    cells[(group, task, k)] = {"base": bm, "base_std": bs, "new": nm, "new_std": ns,
+                                               "hm": hm(bm, nm), "seeds": len(d)}
+        out[method] = {"shots": shots, "tasks": keys, "cells": cells}
+    return out
+
+
+def render_multitask_base2new_tasks(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Markdown and CSV of the per-task base / new / H of multi-task base-to-new runs."""
+    md = ["# multitask base-to-new: per task\n",
+          "Each task's base and new accuracy on its own classes (mean ± std over seeds) and H = HM(B, N) of the "
+          "means; the group rows of `base2new.md` are the means over these tasks.\n"]
+    long_rows: list[list[Any]] = []
+    for method, t in tables.items():
+        header = ["group", "task"] + [f"{_kname(k)}-shot {m}" for k in t["shots"] for m in ("base", "new", "H")]
+        body = []
+        for group, task in t["tasks"]:
+            row = [group, task]
+            for k in t["shots"]:
+                c = t["cells"].get((group, task, k))
+                row += ([_pm(c["base"], c["base_std"]), _pm(c["new"], c["new_std"]), f"{c['hm']:.2f}"]
+                        if c else ["", "", ""])
+                if c:
+                    long_rows.append([method, group, task, _kname(k), f"{c['base']:.4f}", f"{c['new']:.4f}",
+                                      f"{c['hm']:.4f}", c["seeds"]])
+            body.append(row)
+        md += [f"## {method}\n", _md(header, body)]
+    return {"multitask_base2new_tasks.md": "\n".join(md),
+            "multitask_base2new_tasks.csv": _csv(["method", "group", "task", "shots", "base", "new", "hm", "seeds"],
+                                                 long_rows)}
 
 
 def vtab_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

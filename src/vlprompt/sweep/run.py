@@ -41,6 +41,8 @@ def is_complete(run: SweepRun) -> bool:
         return False
     if run.protocol == "multitask":
         return "per_task" in res
+    if run.protocol == "multitask-base2new":
+        return "per_task_new" in res and "hm" in res
     if run.protocol == "vtab":
         return "runs" in res and "group" in res and (run.prune is None or "pruned" in res)
     if run.targets:
@@ -116,14 +118,18 @@ def _transfer_results(run: SweepRun, res: dict[str, Any]) -> dict[str, Any]:
 def execute(run: SweepRun) -> dict[str, Any]:
     """Train (or resume) one run and, for base2new, evaluate its new classes; never raises.
 
-    ``multitask`` trains on the task group (:func:`vlprompt.protocols.multitask.group_spec`); ``vtab`` runs
+    ``multitask`` trains on the task group (:func:`vlprompt.protocols.multitask.group_spec`),
+    ``multitask-base2new`` on the base classes of every task, then tests every task's new classes
+    (:func:`~vlprompt.protocols.multitask.base2new_group_run`); under both, ``zeroshot`` and
+    ``linear-probe`` run separately on each task of the group (per-task baselines,
+    :func:`~vlprompt.protocols.multitask.baseline_group_run`). ``vtab`` runs
     the whole VTAB-1k protocol of one task in the run directory (its inner runs resume on their own).
 
     Returns ``{"id", "status": "done" | "failed", "seconds", "error"?}``; failures write ``error.txt``.
     """
     from ..engine.loggers import log_results
     from ..engine.train import hm
-    from ..protocols.multitask import group_spec
+    from ..protocols.multitask import BASELINES, base2new_group_run, baseline_group_run, group_spec
     from ..protocols.runs import RunSpec, evaluate_run, train_run
 
     t0 = time.time()
@@ -142,8 +148,14 @@ def execute(run: SweepRun) -> dict[str, Any]:
         )
         if run.protocol == "vtab":
             res = _vtab_results(run, spec)
-        elif run.protocol == "multitask":
-            res = train_run(group_spec(spec, run.dataset, run.shots, run.seed, run.out))
+        elif run.protocol in ("multitask", "multitask-base2new"):
+            mt_b2n = run.protocol == "multitask-base2new"
+            if run.method in BASELINES:
+                res = baseline_group_run(spec, run.dataset, run.method, run.shots, run.seed, run.out, mt_b2n)
+            elif mt_b2n:
+                res = base2new_group_run(group_spec(spec, run.dataset, run.shots, run.seed, run.out, "base"))
+            else:
+                res = train_run(group_spec(spec, run.dataset, run.shots, run.seed, run.out))
         else:
             res = train_run(spec)
         if run.targets:

@@ -4,7 +4,8 @@ Schema (see ``docs/sweeps.md``)::
 
     methods: [zeroshot, coop, {name: coop+dept, options: {n_ctx: 4}}]
     datasets: [eurosat, dtd, {name: imagefolder, root: /data/shapes, label: shapes}, imagefolder@/data/x]
-    protocol: base2new            # base2new | few-shot | all | multitask | vtab | cross-dataset | domain-gen
+    protocol: base2new            # base2new | few-shot | all | multitask | multitask-base2new | vtab |
+                                  # cross-dataset | domain-gen
     targets: [caltech101, dtd]    # cross-dataset / domain-gen only: evaluated with the source's prompts
     shots: [16]
     seeds: [1, 2, 3]              # vtab: the final seeds of one run (default VPT's 42 44 82 100 800)
@@ -38,7 +39,9 @@ import yaml
 from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
 
-PROTOCOLS = ("base2new", "few-shot", "multitask", "vtab", "cross-dataset", "domain-gen")
+PROTOCOLS = ("base2new", "few-shot", "multitask", "multitask-base2new", "vtab", "cross-dataset", "domain-gen")
+#: protocols whose datasets are task groups
+GROUP_PROTOCOLS = ("multitask", "multitask-base2new")
 #: protocols that train on a source dataset (all classes) and evaluate on ``targets``
 TRANSFER_PROTOCOLS = ("cross-dataset", "domain-gen")
 #: ``domain-gen`` targets when an ``imagenet`` source has none (``vlprompt.protocols.transfer.IMAGENET_SHIFTS``)
@@ -160,7 +163,7 @@ class Sweep:
                     if root is None:
                         raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or datasets[].root")
                     dataset = ds.name
-                    if protocol == "multitask" and dataset.endswith(_GROUP_FILES):  # a group file under the root
+                    if protocol in GROUP_PROTOCOLS and dataset.endswith(_GROUP_FILES):  # a group file under the root
                         dataset = os.path.expanduser(dataset)
                         if not os.path.isabs(dataset):
                             dataset = os.path.join(os.path.expanduser(str(root)), dataset)
@@ -361,13 +364,14 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
     dup = sorted({t.label for t in targets if [u.label for u in targets].count(t.label) > 1})
     if dup:
         raise ConfigError(f"sweep: targets {dup} appear twice; give them distinct labels")
-    if "multitask" in protocols:
+    if set(GROUP_PROTOCOLS) & set(protocols):
         from ..data.multitask import is_group_spec
 
         single = [d.name for d in datasets if not is_group_spec(d.name)]
         if single:
             raise ConfigError(f"sweep: protocol multitask trains on task groups; {single} are single datasets "
-                              "(expected tiny-group/<name>, a group .yaml, a split_dk_<Name>.json or 'a,b,c')")
+                              "(expected tiny-group/<name>, general10 / plant6 / fashion20, a group .yaml, "
+                              "a split_dk_<Name>.json or 'a,b,c')")
     return Sweep(
         methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
         protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
