@@ -134,6 +134,10 @@ _COST = {"maple": 30.0, "cocoop": 16.0, "coop": 9.0, "kgcoop": 6.0, "linear-prob
 def _init_worker() -> None:
     import torch
 
+    from .workers import exit_with_parent
+
+    exit_with_parent()
+
     torch.set_num_threads(1)
 
 

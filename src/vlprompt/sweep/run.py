@@ -191,6 +191,9 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(threads: int, counter: Any, n_gpus: int) -> None:
     """Pool initializer: pin one GPU per worker (round robin) and size torch's thread pool."""
+    from ..workers import exit_with_parent
+
+    exit_with_parent()
     with counter.get_lock():
         index = counter.value
         counter.value += 1
