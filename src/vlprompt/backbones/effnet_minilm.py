@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..cache import cache_root
 from ..errors import ConfigError
 from .alignment import LAMBDA_GRID, RidgeFit, fit_ridge_map
 from .base import Backbone, ImageOutput, VisualPrompts
@@ -78,11 +79,6 @@ def require(module: str) -> Any:
             f"backbone {NAME!r} needs the package {_PACKAGES.get(module, module)!r} ({e}); install the "
             f"optional extra: {INSTALL_HINT}"
         ) from e
-
-
-def cache_root() -> Path:
-    """``$VLPROMPT_CACHE`` or ``~/.cache/vlprompt``."""
-    return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt"))
 
 
 @functools.lru_cache(maxsize=8)

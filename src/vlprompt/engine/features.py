@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ..backbones.base import Backbone
+from ..cache import cache_root
 from ..data.images import ImageDataset
 from ..data.task import Sample
 from ..data.transforms import image_norm, test_transform, train_transform, transform_id
@@ -27,7 +28,7 @@ from .precision import autocast
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLPROMPT_CACHE", Path.home() / ".cache" / "vlprompt")) / "features"
+    return cache_root() / "features"
 
 
 def _file_sig(path: str) -> tuple[str, int, int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlprompt.cache import cache_root, replace_dir
 from vlprompt.errors import DatasetError
 
 from . import sources
@@ -185,18 +186,7 @@ def generate_dataset(spec: RealSpec, target: Path, force: bool = False) -> Path:
     if not force and is_generated(target):  # another process finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
         return target
-    old = None
-    if target.exists():  # moved aside and deleted after the swap: readers never see a half folder
-        old = target.with_name(f".{target.name}.old{os.getpid()}")
-        os.replace(target, old)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return replace_dir(tmp, target)
 
 
 def _fill(spec: RealSpec, tmp: Path) -> None:
@@ -241,6 +231,4 @@ def _fill(spec: RealSpec, tmp: Path) -> None:
 
 def default_suite_dir() -> Path:
     """``$VLPROMPT_CACHE/real-suite/v<SUITE_VERSION>`` (default cache: ``~/.cache/vlprompt``)."""
-    cache = os.environ.get("VLPROMPT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vlprompt")
-    return Path(os.path.abspath(os.path.expanduser(cache))) / "real-suite" / f"v{SUITE_VERSION}"
+    return cache_root() / "real-suite" / f"v{SUITE_VERSION}"

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlprompt.cache import cache_root, replace_dir
+
 from . import procedural as P
 from . import sources
 
@@ -425,22 +427,9 @@ def generate_suite(root: str | os.PathLike[str], force: bool = False,
     manifest["test_identities"] = sorted(ids["test"])
     manifest["trainable_identities"] = sorted(ids["trainable"])
     _write(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    old = None
-    if root.exists():  # moved aside and deleted after the swap: no folder only between two renames
-        old = root.with_name(f".{root.name}.old{os.getpid()}")
-        os.replace(root, old)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process won the race: keep its suite
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return root
+    return replace_dir(tmp, root)
 
 
 def default_suite_dir() -> Path:
     """``$VLPROMPT_CACHE/tiny-suite/v<SUITE_VERSION>`` (default cache: ``~/.cache/vlprompt``)."""
-    cache = os.environ.get("VLPROMPT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vlprompt")
-    return Path(os.path.abspath(os.path.expanduser(cache))) / "tiny-suite" / f"v{SUITE_VERSION}"
+    return cache_root() / "tiny-suite" / f"v{SUITE_VERSION}"
