@@ -95,6 +95,36 @@ def dept_effect(tables: dict, lp: dict[str, list[float]]) -> list[str]:
     return lines
 
 
+def reading_notes(tables: dict) -> list[str]:
+    """Bullet points computed from the tables: trained methods vs zero-shot on base and on new classes, and
+    the datasets where zero-shot is not above chance on the base classes."""
+    avg = {m: t["average"] for (m, _), t in tables.items()}
+    z = avg.get("zeroshot")
+    if z is None:
+        return []
+    trained = [m for m in avg if m != "zeroshot"]
+    above_new = [m for m in trained if avg[m]["new"] > z["new"]]
+    lines = [
+        f"* Base classes: every trained method's average B is above zero-shot's ({z['base']:.2f}): "
+        + ", ".join(f"{m} {avg[m]['base']:.2f}" for m in trained) + ".",
+        f"* New classes: average N above zero-shot's ({z['new']:.2f}) for "
+        + (", ".join(f"{m} ({avg[m]['new']:.2f})" for m in above_new) if above_new else "no trained method")
+        + "; the others lose new-class accuracy while fitting the base classes (the base-new trade-off).",
+    ]
+    zrows = {r["dataset"]: r for r in tables[next(k for k in tables if k[0] == "zeroshot")]["rows"]}
+    for ds, r in zrows.items():
+        spec = SPEC_BY_NAME.get(ds.replace("real_", "", 1).split("/")[-1])
+        if spec is None:
+            continue
+        n_base = (len(spec.classnames) + 1) // 2
+        if r["base"] <= 100.0 / n_base + 1e-9:
+            lines.append(
+                f"* {ds}: zero-shot base accuracy {r['base']:.2f} is not above chance ({100.0 / n_base:.1f} % for "
+                f"{n_base} classes): the backbone's text→image map was fitted on ImageNet class names, and "
+                "ImageNet's classifier has no concept for these images; prompt learning has to supply it.")
+    return lines
+
+
 def check_backbone(name: str) -> None:
     """Fail before any run if the backbone cannot be loaded or would be randomly initialised."""
     bb = load_backbone(name)
@@ -168,6 +198,10 @@ def main() -> None:
         "## Does DePT raise H? (average over the datasets)",
         "",
         *dept_effect(tables, lp),
+        "",
+        "## Reading the table",
+        "",
+        *reading_notes(tables),
         "",
         "## Linear probe (base classes only)",
         "",
