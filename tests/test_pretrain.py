@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ import vlprompt as vp  # noqa: E402
 from vlprompt.data.tiny.suite import generate_suite  # noqa: E402
 from vlprompt.pretrain import PretrainCorpus, build_model, pretrain, pretrain_main  # noqa: E402
 from vlprompt.pretrain.corpus import MIXTURE  # noqa: E402
-from vlprompt.pretrain.train import _optimizer  # noqa: E402
+from vlprompt.pretrain.train import DEFAULT_RECIPE, _optimizer  # noqa: E402
 
 TASKS = ["shapes", "digits", "real_textures", "fashion", "animals", "counting"]
 
@@ -74,8 +75,8 @@ def test_corpus_skips_sources_missing_from_manifest(suite):
 
 
 def test_optional_sources_switch(suite):
-    """The default recipe leaves Fashion-/Animal-MNIST out whatever is installed (the shipped checkpoint's
-    corpus); the switch adds those that are installed and in the suite."""
+    """The corpus uses the installed Fashion-/Animal-MNIST by default (the shipped checkpoint's corpus);
+    ``optional_sources=False`` leaves them out whatever is installed."""
     off = PretrainCorpus(suite, seed=0, optional_sources=False)
     assert {"fashion", "animals"} <= set(off.skipped) and not {"fashion", "animals"} & set(off.mixture)
     assert all("left out" in off.skipped[n] for n in ("fashion", "animals"))
@@ -84,6 +85,40 @@ def test_optional_sources_switch(suite):
     for name in ("fashion", "animals"):
         assert (name in on.mixture) == (name in manifest["tasks"])
     assert abs(sum(off.mixture.values()) - 1) < 1e-9
+    assert DEFAULT_RECIPE["optional_sources"] is True
+
+
+#: sha256 over "source|caption|identity\n" of the first 300 items of ``PretrainCorpus(suite, seed=0)`` on
+#: the partial suite ``TASKS`` with Fashion-MNIST and Animal-MNIST installed, computed with the code of the
+#: commit that shipped tiny-clip (9a12013). A change here changes what ``pretrain-tiny`` trains on.
+SHIPPED_CORPUS_DIGEST = "16f6b5b1e676a0f48ee6dd6e19b689a63593c0f14578d70eb1e1d66903aa3778"
+
+
+def test_corpus_stream_is_the_shipped_recipes(suite):
+    from vlprompt.data.tiny import sources
+
+    if not (sources.has_fashion() and sources.has_animals()):
+        pytest.skip("needs Fashion-MNIST and Animal-MNIST (make install / make system-data)")
+    corpus = PretrainCorpus(suite, seed=0)
+    h = hashlib.sha256()
+    for i in range(300):
+        it = corpus.item(i)
+        h.update(f"{it.source}|{it.caption}|{it.identity}\n".encode())
+    assert h.hexdigest() == SHIPPED_CORPUS_DIGEST
+
+
+def test_pretrain_warns_when_the_shipped_recipes_sources_are_missing(tmp_path):
+    """A suite without Fashion-/Animal-MNIST: the corpus skips them and pretrain says the run will not be
+    the shipped checkpoint; leaving them out on purpose (optional_sources=False) is silent."""
+    small = generate_suite(tmp_path / "suite", tasks=["digits"])
+    logs: list[str] = []
+    pretrain(tmp_path / "a", steps=1, batch_size=4, eval_tasks=[], eval_every=0, manifest=small, log=logs.append)
+    warn = [m for m in logs if m.startswith("warning:")]
+    assert len(warn) == 1 and "fashion" in warn[0] and "animals" in warn[0] and "not reproduce" in warn[0]
+    logs.clear()
+    pretrain(tmp_path / "b", steps=1, batch_size=4, eval_tasks=[], eval_every=0, manifest=small,
+             optional_sources=False, log=logs.append)
+    assert not [m for m in logs if m.startswith("warning:")]
 
 
 def test_pretrain_smoke_writes_all_files_and_loads(suite, tmp_path):

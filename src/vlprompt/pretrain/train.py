@@ -48,7 +48,7 @@ DEFAULT_EVAL_TASKS: tuple[str, ...] = ("shapes", "colours", "digits", "textures"
 DEFAULT_RECIPE: dict = {
     "steps": 1500, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 30, "seed": 0,
     "precision": "bf16", "num_threads": 2, "eval_every": 100, "storage": "fp16", "grouped_sources": 0,
-    "optional_sources": False,
+    "optional_sources": True,
 }
 MAX_LOG_SCALE = math.log(100.0)
 
@@ -164,7 +164,8 @@ def pretrain(
             contrastive loss sees many same-source negatives (positions vs positions, ...); the other
             half is drawn from the mixture. 0: fully mixed batches.
         optional_sources: add Fashion-MNIST / Animal-MNIST to the corpus when installed (and in the
-            suite). Off by default, so the default recipe is the shipped one whatever is installed.
+            suite). On in the shipped recipe: the shipped checkpoint was trained with both; without them
+            installed the run differs from it (a warning is logged).
         log: progress printer (``None``: silent).
 
     Returns:
@@ -179,6 +180,11 @@ def pretrain(
     warmup = min(30, steps // 20) if warmup_steps is None else int(warmup_steps)
     torch.set_num_threads(int(num_threads))
     corpus = PretrainCorpus(manifest, seed=seed, optional_sources=optional_sources)
+    missing = sorted(n for n, why in corpus.skipped.items() if optional_sources and "left out" not in why)
+    if missing and log is not None:
+        log(f"warning: corpus sources {missing} are skipped ({'; '.join(corpus.skipped[n] for n in missing)}); "
+            "the shipped tiny-clip was trained with them, so this run will not reproduce it (install: "
+            "apt-get install dataset-fashion-mnist; pip install --no-deps animal-mnist; then regenerate the suite)")
     model = build_model(seed)
     model.train()
     tokenizer = open_clip.get_tokenizer(ARCH)
@@ -294,8 +300,9 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated tiny tasks evaluated zero-shot on val ('' disables)")
     p.add_argument("--grouped-sources", type=int, default=r["grouped_sources"],
                    help="half of each batch comes from this many corpus sources (0: fully mixed batches)")
-    p.add_argument("--optional-sources", action="store_true",
-                   help="also train on Fashion-MNIST / Animal-MNIST when installed (not in the shipped recipe)")
+    p.add_argument("--optional-sources", action=argparse.BooleanOptionalAction, default=r["optional_sources"],
+                   help="train on Fashion-MNIST / Animal-MNIST when installed (default: on, as the shipped "
+                        "checkpoint was; --no-optional-sources leaves them out)")
     p.add_argument("--storage", choices=("fp16", "fp32"), default=r["storage"], help="checkpoint tensor dtype")
     p.add_argument("--suite", default=None, help="tiny suite folder (default: the cache, generated if needed)")
     a = p.parse_args(list(argv) if argv is not None else None)
