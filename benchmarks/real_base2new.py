@@ -29,7 +29,7 @@ from vlprompt import load_backbone
 from vlprompt.data.real import SPEC_BY_NAME
 from vlprompt.protocols.runs import RunSpec, train_run
 from vlprompt.report import base2new_tables, collect
-from vlprompt.report.tables import mean_std, render_base2new
+from vlprompt.report.tables import mean_std, plugin_effect_lines, render_base2new
 from vlprompt.sweep.run import run_sweep
 from vlprompt.sweep.spec import parse_sweep
 
@@ -77,18 +77,9 @@ def linear_probe_lines(accs: dict[str, list[float]]) -> list[str]:
 
 
 def dept_effect(tables: dict, lp: dict[str, list[float]]) -> list[str]:
-    """One line per base method: average B/N/H without and with DePT, and the change of H."""
-    avg = {m: t["average"] for (m, _), t in tables.items()}
-    lines = ["| method | B | N | H | +DePT B | +DePT N | +DePT H | ΔH |", "|---|---|---|---|---|---|---|---|"]
-    for m in BASES:
-        a, b = avg.get(m), avg.get(f"{m}+dept")
-        if a is None or b is None:
-            continue
-        lines.append(f"| {m} | {a['base']:.2f} | {a['new']:.2f} | {a['hm']:.2f} | {b['base']:.2f} | {b['new']:.2f} "
-                     f"| {b['hm']:.2f} | {b['hm'] - a['hm']:+.2f} |")
-    z = avg.get("zeroshot")
-    if z is not None:
-        lines.append(f"| zeroshot (reference) | {z['base']:.2f} | {z['new']:.2f} | {z['hm']:.2f} | | | | |")
+    """The DePT-effect rows (:func:`vlprompt.report.tables.plugin_effect_lines`) plus the linear probe's
+    average base accuracy."""
+    lines = plugin_effect_lines(tables, BASES)
     if lp:
         base = sum(mean_std(v)[0] for v in lp.values()) / len(lp)
         lines.append(f"| linear probe (base only) | {base:.2f} | — | — | | | | |")

@@ -18,28 +18,12 @@ from pathlib import Path
 import torch
 
 from vlprompt.report import base2new_tables, collect
-from vlprompt.report.tables import render_base2new
+from vlprompt.report.tables import plugin_effect_lines, render_base2new
 from vlprompt.sweep.run import run_sweep
 from vlprompt.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 BASES = ("coop", "cocoop", "kgcoop", "maple")
-
-
-def dept_effect(tables: dict) -> list[str]:
-    """One line per base method: average B/N/H without and with DePT, and the change of H."""
-    avg = {m: t["average"] for (m, _), t in tables.items()}
-    lines = ["| method | B | N | H | +DePT B | +DePT N | +DePT H | ΔH |", "|---|---|---|---|---|---|---|---|"]
-    for m in BASES:
-        a, b = avg.get(m), avg.get(f"{m}+dept")
-        if a is None or b is None:
-            continue
-        lines.append(f"| {m} | {a['base']:.2f} | {a['new']:.2f} | {a['hm']:.2f} | {b['base']:.2f} | {b['new']:.2f} "
-                     f"| {b['hm']:.2f} | {b['hm'] - a['hm']:+.2f} |")
-    z = avg.get("zeroshot")
-    if z is not None:
-        lines.append(f"| zeroshot (reference) | {z['base']:.2f} | {z['new']:.2f} | {z['hm']:.2f} | | | | |")
-    return lines
 
 
 def main() -> None:
@@ -66,13 +50,13 @@ def main() -> None:
         "",
         "## Does DePT raise H? (average over the tasks)",
         "",
-        *dept_effect(tables),
+        *plugin_effect_lines(tables, BASES),
         "",
     ]
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(head) + "\n" + md.replace("# Base-to-new generalisation\n", "", 1))
-    print("\n".join(dept_effect(tables)))
+    print("\n".join(plugin_effect_lines(tables, BASES)))
     print(f"wrote {doc}")
 
 

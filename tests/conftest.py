@@ -44,3 +44,12 @@ def in_process(monkeypatch):
             on_done(run_mod.execute(r))
 
     monkeypatch.setattr(run_mod, "run_local", run_local)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (tiny matrices: avoids thread contention on shared CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

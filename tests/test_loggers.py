@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-import torch
 import yaml
 
 import vlprompt as vp
@@ -19,12 +18,7 @@ from vlprompt.sweep.spec import parse_sweep
 TRAIN = {"epochs": 2, "lr": 0.002, "batch_size": 4, "precision": "fp32", "feature_views": 1, "progress": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _task(root):

@@ -16,13 +16,7 @@ from vlprompt.data.transforms import CLIP_MEAN, CLIP_STD, PER_SAMPLE, sample_pol
 from vlprompt.engine.features import FeatureCache
 from vlprompt.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _group(shapes_root, policies=("none", "crop")):

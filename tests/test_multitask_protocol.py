@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import vlprompt as vp
 from vlprompt.cli import main
@@ -15,13 +14,7 @@ from vlprompt.engine.train import hm
 from vlprompt.errors import ConfigError
 from vlprompt.protocols import RunSpec, multitask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -135,3 +135,19 @@ def test_report_cli_errors_and_empty(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert report_main([str(tmp_path / "empty"), "--no-plots"]) == 0
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_plugin_effect_lines_compare_each_method_with_its_plugin_variant():
+    from vlprompt.report.tables import plugin_effect_lines
+
+    def t(b, n, h):
+        return {"rows": [], "average": {"base": b, "new": n, "hm": h}}
+
+    tables = {("coop", 16): t(80.0, 40.0, 53.33), ("coop+dept", 16): t(90.0, 45.0, 60.0),
+              ("cocoop", 16): t(70.0, 50.0, 58.33), ("zeroshot", 16): t(35.0, 46.0, 39.75)}
+    lines = plugin_effect_lines(tables, ("coop", "cocoop", "kgcoop"))
+    assert lines[0] == "| method | B | N | H | +DePT B | +DePT N | +DePT H | ΔH |"
+    # cocoop has no +dept run and kgcoop none at all: both left out; the reference row comes last
+    assert lines[2:] == ["| coop | 80.00 | 40.00 | 53.33 | 90.00 | 45.00 | 60.00 | +6.67 |",
+                         "| zeroshot (reference) | 35.00 | 46.00 | 39.75 | | | | |"]
+    assert plugin_effect_lines(tables, ("coop",), reference=None)[-1].startswith("| coop |")

@@ -25,13 +25,7 @@ NAMES = ["red circle", "green square", "blue triangle", "one object", "two objec
 TASKS = [("shape recognition", 3), ("object counting", 2)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run tiny matrices: one intra-op thread avoids thread contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ loss

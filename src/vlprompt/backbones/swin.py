@@ -107,23 +107,10 @@ class TimmSwinBackbone(ImageOnlyBackbone):
 
         if not isinstance(model, SwinTransformer):
             raise ConfigError(f"{name}: {type(model).__name__} is not a timm SwinTransformer")
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.weights_id = weights_id
-        self.model_kwargs = dict(model_kwargs or {})
-        self.embed_dim = int(model.num_features)
-        self.vision_width = int(model.embed_dim)
+        self._adopt(model, weights_id, model_kwargs)
         self.n_vision_layers = sum(len(stage.blocks) for stage in model.layers)
-        pe = model.patch_embed
-        self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
-        self.patch_size = int(pe.patch_size[0])
         self.num_prefix_tokens = 0
         self.vision_heads = int(model.layers[0].blocks[0].attn.num_heads)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        self.supports_visual_prompts = True
 
     def encode_image(
         self,

@@ -61,6 +61,24 @@ class ImageOnlyBackbone(Backbone):
         self.context_length = 0
         self.n_text_layers = 0
 
+    def _adopt(self, model: torch.nn.Module, weights_id: str, model_kwargs: dict | None) -> None:
+        """Freeze the timm ``model`` and read what both timm towers share: widths, input size, patch
+        size, the pretrained config's mean/std (ImageNet's by default)."""
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.weights_id = weights_id
+        self.model_kwargs = dict(model_kwargs or {})
+        self.embed_dim = int(model.num_features)
+        self.vision_width = int(model.embed_dim)
+        pe = model.patch_embed
+        self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
+        self.patch_size = int(pe.patch_size[0])
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.supports_visual_prompts = True
+
     def _no_text(self) -> ConfigError:
         return ConfigError(
             f"{self.name} is an image-only backbone (timm): it has no text tower; use a "
@@ -104,23 +122,10 @@ class TimmViTBackbone(ImageOnlyBackbone):
 
         if not isinstance(model, VisionTransformer):
             raise ConfigError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.weights_id = weights_id
-        self.model_kwargs = dict(model_kwargs or {})
-        self.embed_dim = int(model.num_features)
-        self.vision_width = int(model.embed_dim)
+        self._adopt(model, weights_id, model_kwargs)
         self.n_vision_layers = len(model.blocks)
-        pe = model.patch_embed
-        self.image_size = int(pe.img_size[0]) if pe.img_size is not None else 224
-        self.patch_size = int(pe.patch_size[0])
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.vision_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else None
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.image_mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.image_std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-        self.supports_visual_prompts = True
 
     # ---------------------------------------------------------------- vision
     def encode_image(

@@ -16,7 +16,7 @@ from pathlib import Path
 from vlprompt.errors import DatasetError
 
 from .layout import pretty_classname
-from .task import Sample
+from .task import Sample, Task
 
 Entry = tuple[str, int, str]
 
@@ -138,3 +138,25 @@ def write_json_atomic(path: Path, data: object) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty lines of a text file, stripped (``classnames.txt``, ``template.txt``, ...)."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def generated_split_task(name: str, folder: Path, display: str, augment: str, extra: dict) -> Task:
+    """A :class:`Task` from a folder in the generated-suite layout (tiny and real suites): ``classnames.txt``,
+    ``template.txt`` (first line), ``split_zhou_<display>.json`` and ``images/``.
+
+    ``extra`` is copied and gains ``split_file`` and ``format``.
+    """
+    classnames = read_lines(folder / "classnames.txt")
+    template = read_lines(folder / "template.txt")[0]
+    split_file = folder / f"split_zhou_{display}.json"
+    image_dir = folder / "images"
+    splits = {sp: entries_to_samples(items, image_dir, classnames)
+              for sp, items in read_split_entries(split_file).items()}
+    info = {**extra, "split_file": str(split_file), "format": "split_zhou"}
+    return Task(name=name, classnames=classnames, template=template, train=splits["train"], val=splits["val"],
+                test=splits["test"], root=folder, image_dir=image_dir, augment=augment, extra=info)

@@ -180,7 +180,7 @@ def pretrain(
     warmup = min(30, steps // 20) if warmup_steps is None else int(warmup_steps)
     torch.set_num_threads(int(num_threads))
     corpus = PretrainCorpus(manifest, seed=seed, optional_sources=optional_sources)
-    missing = sorted(n for n, why in corpus.skipped.items() if optional_sources and "left out" not in why)
+    missing = sorted(corpus.skipped) if optional_sources else []  # with it off, skipping them is the choice
     if missing and log is not None:
         log(f"warning: corpus sources {missing} are skipped ({'; '.join(corpus.skipped[n] for n in missing)}); "
             "the shipped tiny-clip was trained with them, so this run will not reproduce it (install: "

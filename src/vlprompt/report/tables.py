@@ -128,6 +128,28 @@ def base2new_tables(rows: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[st
     return out
 
 
+def plugin_effect_lines(tables: dict[tuple[str, Any], dict[str, Any]], bases: list[str] | tuple[str, ...],
+                        plugin: str = "dept", reference: str | None = "zeroshot") -> list[str]:
+    """Markdown rows: per base method the average B / N / H without and with ``+plugin`` and the change of
+    H (methods lacking either run are left out), then the ``reference`` method's averages.
+
+    ``tables`` is :func:`base2new_tables`' output (one shot count).
+    """
+    avg = {m: t["average"] for (m, _), t in tables.items()}
+    p = {"dept": "DePT"}.get(plugin, plugin)
+    lines = [f"| method | B | N | H | +{p} B | +{p} N | +{p} H | ΔH |", "|---|---|---|---|---|---|---|---|"]
+    for m in bases:
+        a, b = avg.get(m), avg.get(f"{m}+{plugin}")
+        if a is None or b is None:
+            continue
+        lines.append(f"| {m} | {a['base']:.2f} | {a['new']:.2f} | {a['hm']:.2f} | {b['base']:.2f} | {b['new']:.2f} "
+                     f"| {b['hm']:.2f} | {b['hm'] - a['hm']:+.2f} |")
+    z = avg.get(reference) if reference else None
+    if z is not None:
+        lines.append(f"| {reference} (reference) | {z['base']:.2f} | {z['new']:.2f} | {z['hm']:.2f} | | | | |")
+    return lines
+
+
 def accuracy_tables(rows: list[dict[str, Any]], protocol: str = "few-shot") -> dict[str, dict[str, Any]]:
     """Per method: accuracy mean ± std over seeds per (dataset, shots), and per-shots average over datasets."""
     rs_all = [r for r in rows if r["protocol"] == protocol]

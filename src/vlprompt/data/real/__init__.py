@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..registry import register_dataset
-from ..splitfile import entries_to_samples, read_split_entries
+from ..splitfile import generated_split_task
 from ..task import Task
 from .suite import (
     SPEC_BY_NAME,
@@ -71,10 +71,6 @@ def dataset_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     return generate_dataset(spec, default_suite_dir() / name)
 
 
-def _read_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def load_real_dataset(name: str, root: str | os.PathLike[str] | None = None) -> Task:
     """The full dataset ``real/<name>`` (no few-shot sampling), read from :func:`dataset_dir`.
 
@@ -82,17 +78,8 @@ def load_real_dataset(name: str, root: str | os.PathLike[str] | None = None) -> 
         DatasetError: the source is not installed, or the generated files are malformed.
     """
     spec = SPEC_BY_NAME[name]
-    ddir = dataset_dir(name, root)
-    classnames = _read_lines(ddir / "classnames.txt")
-    template = _read_lines(ddir / "template.txt")[0]
-    split_file = ddir / f"split_zhou_{spec.display}.json"
-    entries = read_split_entries(split_file)
-    image_dir = ddir / "images"
-    splits = {sp: entries_to_samples(items, image_dir, classnames) for sp, items in entries.items()}
-    extra = {"source": spec.source, "optional": spec.optional, "split_file": str(split_file), "format": "split_zhou"}
-    return Task(name=f"real/{name}", classnames=classnames, template=template, train=splits["train"],
-                val=splits["val"], test=splits["test"], root=ddir, image_dir=image_dir, augment=spec.augment,
-                extra=extra)
+    return generated_split_task(f"real/{name}", dataset_dir(name, root), spec.display, spec.augment,
+                                {"source": spec.source, "optional": spec.optional})
 
 
 def _register(name: str) -> None:
