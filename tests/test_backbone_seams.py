@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 
+from numerics import assert_fp32_close
 from vlprompt.backbones.base import KVPrompt, VisualPrompts
 from vlprompt.backbones.blocks import attention_with_kv
 from vlprompt.backbones.clip import ClipBackbone
@@ -40,7 +41,7 @@ def test_text_tower_equals_open_clip(real_arch):
     with torch.no_grad():
         ours = bb.encode_text(bb.embed(tok), bb.eot_index(tok))
         ref = bb.model.encode_text(tok)
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
 
 
 def test_image_tower_equals_open_clip(real_arch):
@@ -50,7 +51,7 @@ def test_image_tower_equals_open_clip(real_arch):
     with torch.no_grad():
         ours = bb.encode_image(images)
         ref = bb.model.encode_image(images)
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
 
 
 def test_truncation_identity(tiny):
@@ -63,8 +64,8 @@ def test_truncation_identity(tiny):
         for i in range(len(TEXTS)):
             alone = tiny.encode_text(emb[i : i + 1], eot[i : i + 1])  # runs to its own EOT
             full = tiny.model.encode_text(tok[i : i + 1])  # runs all 77 positions
-            assert torch.allclose(alone, full, atol=1e-5, rtol=0)
-            assert torch.allclose(batched[i : i + 1], full, atol=1e-5, rtol=0)
+            assert_fp32_close(alone, full)
+            assert_fp32_close(batched[i : i + 1], full)
     assert int(eot.max()) + 1 < tiny.context_length
 
 
@@ -84,7 +85,7 @@ def test_deep_text_prompts_replace_positions(tiny):
                 x[:, 1:3] = deep[i]
             x = blk(x, attn_mask=m.attn_mask)
         ref = m.ln_final(x)[0, eot[0]] @ m.text_projection
-    assert torch.allclose(ours[0], ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours[0], ref)
 
 
 def test_zero_visual_prompts_and_empty_kv_change_nothing(tiny):
@@ -94,8 +95,8 @@ def test_zero_visual_prompts_and_empty_kv_change_nothing(tiny):
     empty_kv = {i: KVPrompt(torch.zeros(0, w), torch.zeros(0, w)) for i in range(tiny.n_vision_layers)}
     with torch.no_grad():
         ref = tiny.model.encode_image(images)
-        assert torch.allclose(tiny.encode_image(images, VisualPrompts()), ref, atol=1e-5, rtol=0)
-        assert torch.allclose(tiny.encode_image(images, VisualPrompts(kv=empty_kv)), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(tiny.encode_image(images, VisualPrompts()), ref)
+        assert_fp32_close(tiny.encode_image(images, VisualPrompts(kv=empty_kv)), ref)
 
 
 def test_visual_prompt_layouts_and_tokens(tiny):

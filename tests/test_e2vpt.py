@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlprompt as vp
+from numerics import assert_fp32_close
 from vlprompt.errors import ConfigError
 from vlprompt.methods.e2vpt import expand_pieces, importance_scores, masks_for_level, pruned_fraction
 
@@ -54,7 +55,7 @@ def test_logits_equal_hand_built(timm_bb):
                 x = torch.cat([x[:, :1], (model.deep_prompt[i - 1] * mask).expand(2, -1, -1), x[:, 5:]], dim=1)
             x = _hand_block(block, x, model.kv_prompt[i])
         ref = model.head(m.norm(x)[:, 0])
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
 
 
 def test_parameters_init_and_gradients(timm_bb):

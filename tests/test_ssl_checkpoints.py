@@ -7,6 +7,7 @@ import timm
 import torch
 
 import vlprompt as vp
+from numerics import assert_fp32_close
 from vlprompt.errors import CheckpointError
 
 ARCH = "vit_tiny_patch16_224"
@@ -39,7 +40,7 @@ def test_mocov3_pretraining_layout(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours = bb.encode_image(images)
-    assert torch.allclose(ours, _features(ref, images), atol=1e-5, rtol=0)  # CLS after the final norm
+    assert_fp32_close(ours, _features(ref, images))  # CLS after the final norm
 
 
 def test_mocov3_linear_layout(tmp_path):
@@ -48,7 +49,7 @@ def test_mocov3_linear_layout(tmp_path):
     bb = vp.load_backbone(f"timm:{ARCH}", weights=tmp_path / "lin.pth.tar", trust_checkpoint=True, model_kwargs=KW)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(images), _features(ref, images), atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images), _features(ref, images))
 
 
 def test_mae_finetuned_global_pool_layout(tmp_path):
@@ -59,7 +60,7 @@ def test_mae_finetuned_global_pool_layout(tmp_path):
     bb = vp.load_backbone(f"timm:{ARCH}", weights=tmp_path / "mae_ft.pth", trust_checkpoint=True, model_kwargs=kw)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(images), _features(ref, images), atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images), _features(ref, images))
     with pytest.raises(CheckpointError, match=r"fc_norm.*global_pool"):  # into a token-pool tower
         vp.load_backbone(f"timm:{ARCH}", weights=tmp_path / "mae_ft.pth", trust_checkpoint=True, model_kwargs=KW)
 
@@ -75,7 +76,7 @@ def test_mae_pretraining_layout(tmp_path):
                           model_kwargs=KW)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(images), _features(ref, images), atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images), _features(ref, images))
     # VPT's global pool: norm dropped, fc_norm = LayerNorm(1, 0) (MAE fine-tuning convention)
     kw = {**KW, "global_pool": "avg"}
     gp = vp.load_backbone(f"timm:{ARCH}", weights=tmp_path / "mae_pretrain.pth", trust_checkpoint=True,
@@ -83,7 +84,7 @@ def test_mae_pretraining_layout(tmp_path):
     with torch.no_grad():
         tokens = ref.blocks(ref.norm_pre(ref._pos_embed(ref.patch_embed(images))))
         pooled = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (32,), eps=1e-6)
-        assert torch.allclose(gp.encode_image(images), pooled, atol=1e-5, rtol=0)
+        assert_fp32_close(gp.encode_image(images), pooled)
     assert torch.equal(gp.model.fc_norm.weight, torch.ones(32)) and torch.equal(gp.model.fc_norm.bias, torch.zeros(32))
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt as vp
+from numerics import assert_fp32_close
 from vlprompt.backbones.base import VisualPrompts
 from vlprompt.errors import CheckpointError, ConfigError
 
@@ -32,11 +33,11 @@ def test_equals_timm_and_zero_prompts(swin_bb):
     m = swin_bb.model
     with torch.no_grad():
         ref = m.forward_head(m.forward_features(images), pre_logits=True)
-        assert torch.allclose(swin_bb.encode_image(images), ref, atol=1e-5, rtol=0)
-        assert torch.allclose(m(images), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(swin_bb.encode_image(images), ref)
+        assert_fp32_close(m(images), ref)
         # zero prompt tokens through the prompted window path
         zero = swin_bb.encode_image(images, VisualPrompts(tokens=torch.zeros(0, 16), layout="after_cls"))
-        assert torch.allclose(zero, ref, atol=1e-5, rtol=0)
+        assert_fp32_close(zero, ref)
     assert swin_bb.embed_dim == 32 and swin_bb.vision_width == 16 and swin_bb.n_vision_layers == 4
 
 
@@ -92,7 +93,7 @@ def test_window_prompts_equal_hand_computation(swin_bb):
         ref = m.forward_head(m.norm(m.layers[1](x)), pre_logits=True)
         ours = swin_bb.encode_image(images, VisualPrompts(tokens=tokens, layout="after_cls"))
         plain = swin_bb.encode_image(images)
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
     assert not torch.allclose(ours, plain, atol=1e-3)
 
 
@@ -123,8 +124,7 @@ def test_swin_state_dict_round_trip_and_errors(tmp_path):
     bb = vp.load_backbone(NAME, weights=tmp_path / "swin.pth", trust_checkpoint=True, model_kwargs=KW)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(images), ref.forward_head(ref.forward_features(images), True),
-                              atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images), ref.forward_head(ref.forward_features(images), True))
     sd = {k: v for k, v in ref.state_dict().items() if not k.startswith("layers.1.blocks.1.")}
     torch.save({"model": sd}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match=r"missing keys: layers\.1\.blocks\.1\."):

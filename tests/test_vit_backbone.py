@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt as vp
+from numerics import assert_fp32_close
 from vlprompt.backbones.base import KVPrompt, VisualPrompts
 from vlprompt.backbones.blocks import is_timm_block, timm_block_forward
 from vlprompt.errors import CheckpointError, ConfigError
@@ -36,9 +37,9 @@ def test_vit_b16_equals_timm(vit_b16):
         out = bb.encode_image(images, return_tokens=True)
         ref_tokens = bb.model.forward_features(images)
         ref_pooled = bb.model(images)
-    assert torch.allclose(out.pooled, ref_pooled, atol=1e-5, rtol=0)
-    assert torch.allclose(out.pooled, ref_tokens[:, 0], atol=1e-5, rtol=0)  # CLS after the final norm
-    assert torch.allclose(out.tokens, ref_tokens[:, 1:], atol=1e-5, rtol=0)
+    assert_fp32_close(out.pooled, ref_pooled)
+    assert_fp32_close(out.pooled, ref_tokens[:, 0])  # CLS after the final norm
+    assert_fp32_close(out.tokens, ref_tokens[:, 1:])
 
 
 @pytest.mark.parametrize("extra", [{}, TINY_VARIANT_KW], ids=["plain", "qknorm-ls-reg"])
@@ -48,9 +49,9 @@ def test_tiny_equals_timm_and_empty_prompts_change_nothing(extra):
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = bb.model(images)
-        assert torch.allclose(bb.encode_image(images), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images), ref)
         empty_kv = {i: KVPrompt(torch.zeros(0, 32), torch.zeros(0, 32)) for i in range(3)}
-        assert torch.allclose(bb.encode_image(images, VisualPrompts(kv=empty_kv)), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(images, VisualPrompts(kv=empty_kv)), ref)
 
 
 @pytest.mark.parametrize("extra", [{}, TINY_VARIANT_KW], ids=["plain", "qknorm-ls-reg"])
@@ -60,7 +61,7 @@ def test_timm_block_adapter_equals_block(extra):
     for block in bb.model.blocks:
         assert is_timm_block(block)
         with torch.no_grad():
-            assert torch.allclose(timm_block_forward(block, x), block(x), atol=1e-5, rtol=0)
+            assert_fp32_close(timm_block_forward(block, x), block(x))
 
 
 def test_kv_prompts_against_hand_attention():
@@ -86,7 +87,7 @@ def test_kv_prompts_against_hand_attention():
             outs.append(att @ vv)
         y = x + a.proj(torch.cat(outs, dim=-1))
         ref = y + block.mlp(block.norm2(y))
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
     # the same prompts through encode_image reach block 0 only
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -136,14 +137,14 @@ def test_safetensors_and_pickle_state_dicts(tmp_path):
     bb = vp.load_backbone(TINY, weights=st, model_kwargs=TINY_KW)
     assert bb.weights_id.startswith("sha256:")
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(_images()), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(_images()), ref)
     pth = tmp_path / "vit.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, pth)
     with pytest.raises(CheckpointError, match="trust"):
         vp.load_backbone(TINY, weights=pth, model_kwargs=TINY_KW)
     bb2 = vp.load_backbone(TINY, weights=pth, model_kwargs=TINY_KW, trust_checkpoint=True)
     with torch.no_grad():
-        assert torch.allclose(bb2.encode_image(_images()), ref, atol=1e-5, rtol=0)
+        assert_fp32_close(bb2.encode_image(_images()), ref)
     # a deeper checkpoint into a shallower model: the extra keys are named
     with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.2\."):
         vp.load_backbone(TINY, weights=st, model_kwargs={**TINY_KW, "depth": 2})
@@ -189,7 +190,7 @@ def test_google_npz(tmp_path):
     _write_google_npz(src.model, path)
     bb = vp.load_backbone(TINY, weights=path, model_kwargs=TINY_KW, seed=8)
     with torch.no_grad():
-        assert torch.allclose(bb.encode_image(_images()), src.encode_image(_images()), atol=1e-5, rtol=0)
+        assert_fp32_close(bb.encode_image(_images()), src.encode_image(_images()))
     with pytest.raises(CheckpointError, match="3 blocks vs"):
         vp.load_backbone(TINY, weights=path, model_kwargs={**TINY_KW, "depth": 2})
     with pytest.raises(CheckpointError, match="embedding/kernel"):
@@ -210,7 +211,7 @@ def test_normalize_and_append_layout():
         x = m.norm(m.blocks(m.norm_pre(x)))[:, : x.shape[1] - 3]
         ref = m.forward_head(x, pre_logits=True)
         ours = bb.encode_image(images, VisualPrompts(tokens=p, layout="append"))
-    assert torch.allclose(ours, ref, atol=1e-5, rtol=0)
+    assert_fp32_close(ours, ref)
     with torch.no_grad():
         normed = bb.encode_image(images, VisualPrompts(p, "append"), normalize=True)
     assert torch.allclose(F.normalize(ours, dim=-1), normed, atol=1e-6)
