@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["tune", "final"],
                    help="VTAB-1k / FGVC stage: tune = train800 -> val200, final = train800val200 -> test")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over from epoch 0: move the run directory's checkpoint to checkpoint/discarded/")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
     p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
     p.add_argument("--seed", type=int, default=1)
@@ -258,7 +260,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
 def cmd_train(args: argparse.Namespace) -> None:
     from .protocols import train_run
 
-    results = train_run(_spec(args), skip_done=False)
+    results = train_run(_spec(args), skip_done=False, restart=args.restart)
     print(json.dumps({k: v for k, v in results.items() if k != "env"}, indent=2))
 
 

@@ -22,3 +22,7 @@ class CheckpointError(VlpromptError):
 
 class ConfigError(VlpromptError):
     """An unknown name (method, dataset, backbone) or an invalid configuration value."""
+
+
+class OutputError(VlpromptError):
+    """An output file cannot be written: the folder is not writable or the disk is full."""

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
+from typing import Any, Literal
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .backbones import load_backbone
@@ -13,7 +19,7 @@ from .backbones.base import Backbone
 from .engine.run import atomic_write
 from .errors import CheckpointError, ConfigError
 from .methods import build_method
-from .methods.base import PromptMethod, config_to_dict
+from .methods.base import PromptMethod, config_classes, config_to_dict
 
 
 def method_identity(model: PromptMethod) -> str:
@@ -40,10 +46,7 @@ def save_prompt(model: PromptMethod, path: str | Path) -> Path:
         "backbone": model.backbone.name, "weights": model.backbone.weights_id,
         "classnames": model.classnames,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"method": meta["method"]})
-    tmp.replace(path)
+    atomic_write(path, save_safetensors(tensors, metadata={"method": meta["method"]}))
     atomic_write(_meta_path(path), json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -73,15 +76,120 @@ def load_prompt(
     meta_path = _meta_path(path)
     if not path.exists() or not meta_path.exists():
         raise CheckpointError(f"no prompt at {path} (expected {path.name} and {meta_path.name} side by side)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != "vlprompt-prompt":
-        raise CheckpointError(f"{meta_path} is not a vlprompt prompt description")
+    # Everything read from the two files is checked before anything is built from it.
+    meta = _read_meta(meta_path)
+    tensors = _read_tensors(path)
     if backbone is None:
         backbone = load_backbone(meta["backbone"])
     if backbone.name != meta["backbone"]:
         raise ConfigError(f"prompt was trained on backbone {meta['backbone']!r}, got {backbone.name!r}")
-    model = build_method(meta["method"], backbone, meta["classnames"], **meta["config"])
-    model.load_prompt_state_dict(load_file(str(path)))
+    try:
+        model = build_method(meta["method"], backbone, meta["classnames"], **meta["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{meta_path}: the recorded configuration does not build: {exc}") from exc
+    _check_shapes(path, meta_path, tensors, model)
+    model.load_prompt_state_dict(tensors)
     if classnames is not None:
         model.set_classnames(classnames)
     return model
+
+
+_RETRAIN = "re-run the run's `vlprompt train` command to write it again"
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``prompt.json``, checked: the keys :func:`load_prompt` uses, and the config values' types
+    against the method's config dataclass (a tampered ``n_ctx: 1e9`` stops here)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is unreadable (truncated or corrupt: {exc}); {_RETRAIN}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "vlprompt-prompt":
+        raise CheckpointError(f"{meta_path} is not a vlprompt prompt description")
+    expected = {"method": str, "backbone": str, "config": dict, "classnames": list}
+    for key, kind in expected.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{meta_path}: {key!r} must be a {kind.__name__}, got {meta.get(key)!r:.80}")
+    if not meta["classnames"] or not all(isinstance(c, str) for c in meta["classnames"]):
+        raise CheckpointError(f"{meta_path}: 'classnames' must be a non-empty list of strings")
+    try:
+        classes = config_classes(meta["method"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{meta_path}: {exc}") from exc
+    hints = {f.name: typing.get_type_hints(cls)[f.name] for cls in classes for f in dataclasses.fields(cls)}
+    for key, value in meta["config"].items():
+        if key in hints and not _fits(value, hints[key]):
+            raise CheckpointError(
+                f"{meta_path}: config {key}={value!r:.80} is not a valid {_hint_name(hints[key])} "
+                f"for {meta['method']}"
+            )
+    return meta
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The prompt tensors, refused when the file is truncated or holds non-finite values."""
+    try:
+        tensors = load_safetensors(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own SafetensorError (and others) on damaged files
+        if isinstance(exc, OSError):
+            raise
+        raise CheckpointError(f"{path} is unreadable (truncated or corrupt: {exc}); {_RETRAIN}") from exc
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds non-finite values (NaN or inf): the training diverged or the "
+                f"file is damaged; retrain the run (vlprompt train --restart, a lower --lr)"
+            )
+    return tensors
+
+
+def _check_shapes(path: Path, meta_path: Path, tensors: dict[str, torch.Tensor], model: PromptMethod) -> None:
+    built = model.prompt_state_dict()
+    missing, unexpected = sorted(set(built) - set(tensors)), sorted(set(tensors) - set(built))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the method described by {meta_path}: missing tensors {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(built[key].shape):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the method described by {meta_path} "
+                f"builds {tuple(built[key].shape)}"
+            )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of the config field type ``hint`` (lists stand for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True  # another annotation: the method's own checks apply
+
+
+def _hint_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint)

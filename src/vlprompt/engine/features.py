@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 
 from ..backbones.base import Backbone
@@ -25,6 +26,9 @@ from ..data.task import Sample
 from ..data.transforms import image_norm, test_transform, train_transform, transform_id
 from ..errors import ConfigError
 from .precision import autocast
+from .run import OUTPUT_ERRNOS, remove_stale_temps
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -100,17 +104,50 @@ class FeatureCache:
         if key in self._memo:
             return self._memo[key]
         path = self.dir / key[:2] / f"{key}.safetensors"
-        if self.persist and path.exists():
-            feats = load_file(str(path))["features"]
-        else:
+        feats = self._read(path, len(samples)) if self.persist and path.exists() else None
+        if feats is None:
             feats = self._compute(samples, kind, view, seed, augment)
             if self.persist:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file({"features": feats.contiguous()}, str(tmp))
-                os.replace(tmp, path)
+                self._write(path, feats)
         self._memo[key] = feats
         return feats
+
+    def _read(self, path: Path, n: int) -> torch.Tensor | None:
+        """A cached feature file, or ``None`` (with a warning) when it is damaged: then it is recomputed."""
+        try:
+            feats = load_file(str(path))["features"]
+            expected = (n, self.backbone.embed_dim)
+            if tuple(feats.shape) != expected:
+                raise ValueError(f"shape {tuple(feats.shape)}, expected {expected}")
+            if not bool(torch.isfinite(feats).all()):
+                raise ValueError("non-finite values")
+        except OSError:
+            raise
+        except Exception as exc:  # truncated or corrupt (safetensors' SafetensorError, no "features" key ...)
+            logger.warning("feature cache: %s is unreadable (%s); recomputing it", path, exc)
+            return None
+        return feats
+
+    def _write(self, path: Path, feats: torch.Tensor) -> None:
+        """Store features (temp file + rename). The cache is optional: a read-only cache folder or a
+        full disk only warns; the features stay in memory for this run."""
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path.parent)
+            with open(tmp, "wb") as f:  # Python I/O: a full disk is an OSError, not a library error
+                f.write(save({"features": feats.contiguous()}))
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+                logger.warning("feature cache: cannot write %s (%s); features are not cached",
+                               path, OUTPUT_ERRNOS[exc.errno])
+                return
+            raise
 
     def _get_per_policy(
         self, samples: list[Sample], view: int, seed: int, policies: list[str], distinct: list[str]

@@ -106,6 +106,7 @@ def fit(
     protocol: str | None = None,
     on_epoch_end: EpochCallback | None = None,
     evaluate_test: bool = True,
+    restart: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``model`` on ``task.train`` and evaluate on ``task.test``.
@@ -118,6 +119,8 @@ def fit(
         protocol: recorded in the results (default: derived from the task).
         on_epoch_end: called as ``fn(epoch, metrics)`` after each epoch's checkpoint.
         evaluate_test: evaluate on ``task.test`` at the end.
+        restart: ignore the run directory's checkpoint and train from epoch 0 (the old checkpoint
+            is moved to ``checkpoint/discarded/``).
         **overrides: :class:`~vlprompt.engine.config.TrainConfig` fields, e.g. ``log_to=["tensorboard"]``
             to mirror the per-epoch metrics and the final results into ``<run_dir>/tensorboard/``
             (``"wandb"``: an offline W&B run in ``<run_dir>/wandb/``); only rank 0 logs.
@@ -156,10 +159,11 @@ def fit(
     if not task.train and model.needs_training:
         raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
 
-    state = run.load_checkpoint() if run is not None else None
+    state = run.load_checkpoint() if run is not None and not restart else None
     if state is not None and state.get("fingerprint") != fingerprint:
         raise ConfigError(
-            f"{run.path} holds a checkpoint of a different configuration; use a new run directory or delete the old one"
+            f"{run.path} holds a checkpoint of a different configuration; use a new run directory, delete the old "
+            "one or train with --restart"
         )
 
     # Read every input before the first write, so bad data fails with nothing written.
@@ -170,7 +174,7 @@ def fit(
 
     logger = RunLogger()
     if writer is not None:
-        run.path.mkdir(parents=True, exist_ok=True)
+        run.start(restart=restart)
         resolved = {
             **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
                                 "seed": task.seed, "subsample": task.subsample},
@@ -219,8 +223,11 @@ def _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, finger
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, prior_seconds = int(state["epoch"]) + 1, float(state["train_seconds"])
-            metrics = run.read_metrics()[:start_epoch]
-            run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
+            # the checkpoint carries the metrics rows up to its epoch (older ones: metrics.jsonl)
+            metrics = list(state["metrics"]) if "metrics" in state else run.read_metrics()[:start_epoch]
+            if writer is not None:
+                run.write_metrics(metrics)  # a kill after the checkpoint may have missed its row
+                run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
         _train_epochs(
             model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, writer,
             fingerprint, prior_seconds, t0, on_epoch_end, logger,
@@ -411,7 +418,7 @@ def _train_epochs(
             run.save_checkpoint({
                 "epoch": epoch, "fingerprint": fingerprint, "model": model.prompt_state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "train_seconds": prior_seconds + time.perf_counter() - t0,
+                "train_seconds": prior_seconds + time.perf_counter() - t0, "metrics": [dict(r) for r in metrics],
             })
             run.write_metrics(metrics)
             run.log(json.dumps(row))

@@ -157,6 +157,7 @@ class PromptMethod(nn.Module):
 # ---------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[PromptMethod]] = {}
 _PLUGINS: dict[str, Callable[..., PromptMethod]] = {}
+_PLUGIN_CONFIGS: dict[str, type] = {}
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -167,12 +168,22 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
     return cls
 
 
-def register_plugin(name: str, wrap: Callable[..., PromptMethod]) -> None:
+def register_plugin(name: str, wrap: Callable[..., PromptMethod], config: type | None = None) -> None:
     """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
 
-    The plug-in's options are named ``<name>_<field>`` so they never clash with a method's.
+    The plug-in's options are named ``<name>_<field>`` so they never clash with a method's;
+    ``config`` is its options dataclass (used to check the options recorded in a prompt file).
     """
     _PLUGINS[name] = wrap
+    if config is not None:
+        _PLUGIN_CONFIGS[name] = config
+
+
+def config_classes(name: str) -> list[type]:
+    """The config dataclasses of a method name: the method's, then its plug-ins' (those registered
+    with one), e.g. ``[CoOpConfig, DePTConfig]`` for ``"coop+dept"``."""
+    base, *plugins = name.split("+")
+    return [get_method_class(base).Config] + [_PLUGIN_CONFIGS[p] for p in plugins if p in _PLUGIN_CONFIGS]
 
 
 def list_methods() -> list[str]:

@@ -31,7 +31,7 @@ from torch import nn
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
 from .base import PromptMethod, register_method
-from .prompting import ClassPrompts, phrase_length
+from .prompting import ClassPrompts, check_text_tokens, phrase_length
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class MaPLe(PromptMethod):
                 f"{backbone.n_text_layers} text / {backbone.n_vision_layers} vision layers"
             )
         n, width = config.n_ctx, backbone.text_width
+        check_text_tokens(backbone, n)
         self.n_ctx = n
         self.ctx = nn.Parameter(self._init_ctx(backbone, config).to(backbone.device))
         self.deep_ctx = nn.Parameter(torch.randn(depth - 1, n, width, device=backbone.device) * 0.02)

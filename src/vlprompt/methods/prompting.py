@@ -32,6 +32,17 @@ def phrase_length(backbone: Backbone, phrase: str) -> int:
     return int(backbone.eot_index(tok)[0]) - 1
 
 
+def check_text_tokens(backbone: Backbone, n_tokens: int, what: str = "n_ctx") -> None:
+    """Refuse a learned-context length that cannot fit the backbone's text context (start and end
+    tokens included) before anything of that size is allocated."""
+    room = int(backbone.context_length) - 2
+    if n_tokens > room:
+        raise ConfigError(
+            f"{what}={n_tokens} does not fit the text context of backbone {backbone.name!r}: "
+            f"{backbone.context_length} tokens, at most {room} besides the start and end tokens"
+        )
+
+
 def init_context(backbone: Backbone, n_ctx: int, init: str | None, std: float = 0.02) -> torch.Tensor:
     """Initial context vectors ``(n_ctx, width)``: N(0, std²) or the embedding of ``init``.
 
@@ -45,6 +56,7 @@ def init_context(backbone: Backbone, n_ctx: int, init: str | None, std: float = 
             return backbone.embed(tok)[0, 1 : 1 + n].detach().float().cpu().clone()
     if n_ctx < 1:
         raise ConfigError(f"n_ctx must be >= 1 without an init phrase, got {n_ctx}")
+    check_text_tokens(backbone, n_ctx)
     return torch.randn(n_ctx, backbone.text_width) * std
 
 

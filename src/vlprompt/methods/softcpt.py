@@ -43,7 +43,7 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..errors import ConfigError
 from .base import PromptMethod, register_method
-from .prompting import ClassPosition, ClassPrompts, init_context
+from .prompting import ClassPosition, ClassPrompts, check_text_tokens, init_context
 
 PGType = Literal["lin", "linmean", "lincls"]
 TaskList = tuple[tuple[str, int], ...]
@@ -169,6 +169,7 @@ def _learned_context(backbone: Backbone, n: int, count: int | None, init: str) -
         if count is not None:
             ctx = ctx.unsqueeze(0).repeat(count, 1, 1)
     else:
+        check_text_tokens(backbone, n)
         shape = (n, backbone.text_width) if count is None else (count, n, backbone.text_width)
         ctx = torch.randn(*shape) * 0.02
     return nn.Parameter(ctx.to(backbone.device)), ctx.shape[-2]
@@ -288,6 +289,7 @@ class SoftCPT(MultiTaskPromptMethod):
                 backbone, config.class_n_ctx, len(classnames) if config.class_csc else None, config.class_ctx_init)
         d = backbone.embed_dim
         in_dim = 2 * d if config.class_aware and config.pg_type == "lin" else d
+        check_text_tokens(backbone, config.n_ctx)
         self.proj = nn.Parameter((torch.randn(in_dim, config.n_ctx * backbone.text_width) * 0.02).to(backbone.device))
         self._build(tasks, classnames)
 

@@ -76,18 +76,21 @@ def get_backbone(name: str, weights: str | None, trust: bool, device: str) -> Ba
 
 
 def train_run(
-    spec: RunSpec, skip_done: bool = True, setup: Callable[[PromptMethod], None] | None = None
+    spec: RunSpec, skip_done: bool = True, setup: Callable[[PromptMethod], None] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) one run; a run whose ``results.json`` exists is returned as is.
 
     ``setup`` is called on the freshly built method before training (e.g. to fix E2VPT's pruning masks).
+    ``restart`` trains from epoch 0 even if the run directory holds a checkpoint (it is moved to
+    ``checkpoint/discarded/``; implies not skipping a finished run).
 
     Example:
         >>> train_run(RunSpec("coop", "eurosat", "~/data", out="runs/x", subsample="base"))["acc"]
     """
     run = RunDir(spec.out)
     done = run.read_results()
-    if skip_done and done is not None and "acc" in done:
+    if skip_done and not restart and done is not None and "acc" in done:
         return done
     base = spec.method.split("+")[0]
     get_method_class(base)  # unknown names fail before anything is loaded or written
@@ -116,7 +119,7 @@ def train_run(
     if setup is not None:
         setup(model)
     train_opts.setdefault("device", spec.device)
-    res = fit(model, task, run_dir=spec.out, protocol=spec.protocol, **train_opts)
+    res = fit(model, task, run_dir=spec.out, protocol=spec.protocol, restart=restart, **train_opts)
     if spec.selection:
         res = {**res, "selection": spec.selection, "data_ratio": spec.data_ratio, "n_train": len(task.train)}
         RunDir(spec.out).write_results(res)
