@@ -22,3 +22,14 @@ class CheckpointError(VlpromptError):
 
 class ConfigError(VlpromptError):
     """An unknown name (method, dataset, backbone) or an invalid configuration value."""
+
+
+class TrainingError(VlpromptError):
+    """Training cannot go on, e.g. the loss became NaN or infinite (a learning rate too high for the run)."""
+
+
+class VlpromptWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. fewer images than the requested shots).
+
+    The CLI prints these as ``warning: <message>`` on stderr.
+    """
