@@ -353,7 +353,7 @@ def test_tampered_n_ctx_float_fails_before_build(cli_run, cache_dir, monkeypatch
         raise AssertionError("built a method from a tampered file")
 
     monkeypatch.setattr("vlprompt.prompt_io.build_method", no_build)
-    with pytest.raises(CheckpointError, match=r"prompt.json: config n_ctx=1000000000.0 is not a valid int"):
+    with pytest.raises(CheckpointError, match=r"prompt.json: option n_ctx of coop expects int, got 1000000000.0"):
         vp.load_prompt(cli_run)
     assert main(["eval", "--run", str(cli_run), "--cache-dir", cache_dir]) == 2
     assert "n_ctx" in capsys.readouterr().err
@@ -379,7 +379,7 @@ def test_tampered_config_that_builds_other_shapes_names_the_tensor(cli_run):
 def test_tampered_config_types_are_refused(change, cli_run):
     _tamper(cli_run, **change)
     (key,) = change
-    with pytest.raises(CheckpointError, match=f"config {key}="):
+    with pytest.raises(CheckpointError, match=f"prompt.json: option {key} of coop expects"):
         vp.load_prompt(cli_run)
 
 

@@ -11,24 +11,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError, VlpromptError
+from .errors import ConfigError, VlpromptError, VlpromptWarning
 
 
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["n_ctx=4", "ctx_init=a photo of a"]`` → typed dict (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
+def _parse_options(pairs: list[str], method: str) -> dict[str, Any]:
+    """``["n_ctx=4", "ctx_init=a photo of a"]`` → dict typed by the fields of ``method``'s Config
+    (:func:`vlprompt.methods.parse_method_options`: unknown keys and wrong types fail here, before any work)."""
+    from .methods import parse_method_options
+
+    out: dict[str, str] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"method option {pair!r} is not KEY=VALUE (e.g. -o n_ctx=4)")
         key, value = pair.split("=", 1)
-        parsed = yaml.safe_load(value) if value.strip() else ""
-        out[key.strip().replace("-", "_")] = value if parsed is None else parsed
-    return out
+        out[key.strip().replace("-", "_")] = value
+    return parse_method_options(method, out)
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="open_clip architecture, tiny-clip, effnet-minilm or timm:<ViT>")
     p.add_argument("--weights", help="checkpoint: .safetensors, open_clip state dict, OpenAI .pt archive")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,18 +46,30 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
+def _default(name: str) -> str:
+    """``(default: X)`` of a training option: the TrainConfig default, which a --preset may replace."""
+    from .engine.config import TrainConfig
+
+    value = TrainConfig.__dataclass_fields__[name].default
+    return f"(default: {value}, or the --preset's value)"
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=int)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"])
-    p.add_argument("--feature-views", type=int, help="cached augmented views per image (0 = no cache)")
-    p.add_argument("--cache-dir")
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--epochs", type=int, help=f"training epochs, warm-up included {_default('epochs')}")
+    p.add_argument("--lr", type=float, help=f"base learning rate {_default('lr')}")
+    p.add_argument("--batch-size", type=int, help=f"training batch size {_default('batch_size')}")
+    p.add_argument("--optimizer", help=f"sgd, adamw or adam {_default('optimizer')}")
+    p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
+    p.add_argument("--warmup-epochs", type=int, help=f"constant warm-up epochs {_default('warmup_epochs')}")
+    p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = none {_default('grad_clip')}")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"],
+                   help=f"auto = bf16 where supported {_default('precision')}")
+    p.add_argument("--feature-views", type=int,
+                   help=f"cached augmented views per image, 0 = no cache {_default('feature_views')}")
+    p.add_argument("--cache-dir",
+                   help="image-feature cache (default: under $VLPROMPT_CACHE, $XDG_CACHE_HOME/vlprompt "
+                        "or ~/.cache/vlprompt)")
+    p.add_argument("--num-workers", type=int, help=f"data-loader workers {_default('num_workers')}")
     p.add_argument("--log-to", metavar="LOGGERS",
                    help="mirror metrics and results into tensorboard and/or wandb (comma-separated; "
                         "<out>/tensorboard/, <out>/wandb/ offline unless WANDB_MODE is set)")
@@ -86,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("--restart", action="store_true",
                    help="start over from epoch 0: move the run directory's checkpoint to checkpoint/discarded/")
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help="method option")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, parsed by the type of its Config field (e.g. -o n_ctx=4, -o csc=true, "
+                        "-o dept_weight=0.5, lists as a,b or [\"a\", \"b\"])")
     p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample and of training (default: 1)")
     _add_backbone_args(p)
     _add_train_args(p)
 
@@ -247,7 +262,8 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "shots": getattr(args, "shots", None), "seed": getattr(args, "seed", 1),
         "subsample": getattr(args, "subsample", "all"),
         "backbone": args.backbone, "weights": args.weights, "trust_checkpoint": args.trust_checkpoint,
-        "preset": args.preset, "method_options": _parse_options(args.opt), "train_options": _train_options(args),
+        "preset": args.preset, "method_options": _parse_options(args.opt, args.method),
+        "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
         "split": getattr(args, "split", None),
     }
@@ -397,12 +413,25 @@ def main(argv: list[str] | None = None) -> int:
 
         return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    except VlpromptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            COMMANDS[args.command](args)
+        except VlpromptError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """vlprompt's own warnings as one ``warning: <message>`` line on stderr; others as Python shows them."""
+    if issubclass(category, VlpromptWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":

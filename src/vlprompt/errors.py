@@ -26,3 +26,14 @@ class ConfigError(VlpromptError):
 
 class OutputError(VlpromptError):
     """An output file cannot be written: the folder is not writable or the disk is full."""
+
+
+class TrainingError(VlpromptError):
+    """Training cannot go on, e.g. the loss became NaN or infinite (a learning rate too high for the run)."""
+
+
+class VlpromptWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. fewer images than the requested shots).
+
+    The CLI prints these as ``warning: <message>`` on stderr.
+    """

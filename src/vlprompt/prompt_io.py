@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -19,7 +16,7 @@ from .backbones.base import Backbone
 from .engine.run import atomic_write
 from .errors import CheckpointError, ConfigError
 from .methods import build_method
-from .methods.base import PromptMethod, config_classes, config_to_dict
+from .methods.base import PromptMethod, config_to_dict, parse_method_options
 
 
 def method_identity(model: PromptMethod) -> str:
@@ -112,17 +109,10 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{meta_path}: {key!r} must be a {kind.__name__}, got {meta.get(key)!r:.80}")
     if not meta["classnames"] or not all(isinstance(c, str) for c in meta["classnames"]):
         raise CheckpointError(f"{meta_path}: 'classnames' must be a non-empty list of strings")
-    try:
-        classes = config_classes(meta["method"])
+    try:  # typed values, checked by the method's and plug-ins' Config field types (no string parsing)
+        meta["config"] = parse_method_options(meta["method"], meta["config"], parse_strings=False)
     except ConfigError as exc:
         raise CheckpointError(f"{meta_path}: {exc}") from exc
-    hints = {f.name: typing.get_type_hints(cls)[f.name] for cls in classes for f in dataclasses.fields(cls)}
-    for key, value in meta["config"].items():
-        if key in hints and not _fits(value, hints[key]):
-            raise CheckpointError(
-                f"{meta_path}: config {key}={value!r:.80} is not a valid {_hint_name(hints[key])} "
-                f"for {meta['method']}"
-            )
     return meta
 
 
@@ -157,39 +147,3 @@ def _check_shapes(path: Path, meta_path: Path, tensors: dict[str, torch.Tensor],
                 f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the method described by {meta_path} "
                 f"builds {tuple(built[key].shape)}"
             )
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value is of the config field type ``hint`` (lists stand for tuples)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint in (tuple, list) or origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
-        return not args or all(_fits(v, args[0]) for v in value)
-    if hint is dict or origin is dict:
-        return isinstance(value, dict)
-    return True  # another annotation: the method's own checks apply
-
-
-def _hint_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", None) or str(hint)

@@ -21,6 +21,7 @@ from vlprompt.errors import ConfigError
 from . import coop_datasets, custom, fgvc, imagenet, real, tiny, vtab  # noqa: F401  (registers the datasets)
 from .fewshot import (
     apply_few_shot,
+    check_train_classes,
     load_split,
     read_split_meta,
     sample_few_shot,
@@ -101,7 +102,8 @@ def load_dataset(
     Raises:
         ConfigError: unknown name, invalid ``shots``/``subsample``, or ``shots`` disagreeing with
             the split file.
-        DatasetError: missing or malformed data (the message shows the expected layout).
+        DatasetError: missing or malformed data (the message shows the expected layout), or a class
+            without training images in a task that has a training split (VTAB-1k's train800 excepted).
 
     Example:
         >>> task = load_dataset("dtd", "~/data", shots=16, seed=2, subsample="new")
@@ -134,4 +136,4 @@ def load_dataset(
             task.shots = shots
     elif shots is not None:
         task = apply_few_shot(task, shots, seed)
-    return subsample_classes(task, subsample)
+    return check_train_classes(subsample_classes(task, subsample))

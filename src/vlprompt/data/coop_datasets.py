@@ -24,6 +24,7 @@ from pathlib import Path
 from vlprompt.errors import DatasetError
 
 from .layout import (
+    check_inside,
     check_some_exist,
     find_dataset_dir,
     pretty_classname,
@@ -266,6 +267,7 @@ def load_fgvc_aircraft(root: Path) -> Task:
                     f"not in '{variants_file}'; expected '<imageid> <variant>' with a listed variant"
                 )
             label = index[variant]
+            check_inside(image_id, f"FGVCAircraft: line {line!r} of '{list_file}'", image_dir)
             items.append(Sample(os.path.join(image_dir, f"{image_id}.jpg"), label, classnames[label]))
         splits[split] = items
     check_some_exist(splits, "FGVCAircraft", image_dir)

@@ -22,7 +22,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from vlprompt.errors import ConfigError, DatasetError
 
@@ -73,6 +73,75 @@ def apply_few_shot(task: Task, shots: int, seed: int) -> Task:
         shots=shots,
         seed=seed,
     )
+
+
+def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
+    """Images per label ``0 .. num_classes - 1`` (0 for a label without images)."""
+    counts = [0] * num_classes
+    for s in samples:
+        if 0 <= s.label < num_classes:
+            counts[s.label] += 1
+    return counts
+
+
+def train_counts(task: Task) -> dict[str, Any]:
+    """What a run trains on: ``{"n_train": N, "train_per_class": {"min": a, "max": b}}``.
+
+    ``fit`` records it in ``config.yaml`` and ``results.json``: with ``--shots K`` a class that holds
+    fewer than ``K`` images contributes all it has (the reference rule), so ``min`` may be below ``K``.
+
+    Example:
+        >>> train_counts(load_dataset("imagefolder", "shapes", shots=50))
+        {'n_train': 40, 'train_per_class': {'min': 8, 'max': 8}}
+    """
+    counts = class_counts(task.train, task.num_classes)
+    return {"n_train": len(task.train),
+            "train_per_class": {"min": min(counts, default=0), "max": max(counts, default=0)}}
+
+
+def _name_list(names: Sequence[str], limit: int = 8, quote: bool = True) -> str:
+    shown = ", ".join(repr(n) if quote else n for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def shots_shortfall(task: Task) -> str | None:
+    """The warning for a few-shot task whose classes hold fewer training images than ``task.shots``,
+    or ``None`` (all classes have ``K``, or the task is not few-shot)."""
+    if not task.shots:
+        return None
+    counts = class_counts(task.train, task.num_classes)
+    short = [i for i, c in enumerate(counts) if c < task.shots]
+    if not short:
+        return None
+    named = _name_list([f"{task.classnames[i]!r}: {counts[i]}" for i in short], quote=False)
+    return (f"{task.name}: {len(short)} of {task.num_classes} classes have fewer than shots={task.shots} training "
+            f"images and are trained on all they have ({named}); {len(task.train)} training images in all "
+            "(recorded as n_train / train_per_class in config.yaml and results.json)")
+
+
+def check_train_classes(task: Task, source: str = "") -> Task:
+    """``task`` unchanged if every class has a training image (or the task has no training split at all).
+
+    A class without training images would be trained on without a word (its prompts and head rows
+    never see an example). Exempt: tasks whose protocol draws a random training subset that may miss
+    classes (``task.extra["partial_train_classes"]``, VTAB-1k's train800).
+
+    Raises:
+        DatasetError: naming the classes, the dataset and where the training split comes from.
+    """
+    if not task.train or task.extra.get("partial_train_classes"):
+        return task
+    counts = class_counts(task.train, task.num_classes)
+    empty = [task.classnames[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        origin = source or task.extra.get("fewshot_split_file") or task.extra.get("split_file") or str(task.root)
+        sub = f" ({task.subsample} classes)" if task.subsample != "all" else ""
+        raise DatasetError(
+            f"dataset '{task.name}'{sub}: {len(empty)} of {task.num_classes} classes have no training images "
+            f"in the train split of '{origin}': {_name_list(empty)}; expected at least one training image "
+            "per class (add images, or remove the class)"
+        )
+    return task
 
 
 def base_new_labels(num_classes: int, which: str) -> list[int]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from vlprompt.errors import DatasetError
 
-from .layout import abspath, check_some_exist, pretty_classname, read_text_lines
+from .layout import abspath, check_inside, check_some_exist, pretty_classname, read_text_lines
 from .registry import register_dataset
 from .task import Sample, Task
 from .vtab import FLOWERS102
@@ -119,6 +119,9 @@ def _read_json_split(path: Path, spec: FgvcSpec) -> dict[str, int]:
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
     ):
         raise DatasetError(f"'{path}' is malformed; expected a json object mapping image paths to integer class ids")
+    image_dir = path.parent / spec.image_subdir if spec.image_subdir else path.parent
+    for rel in data:
+        check_inside(rel, f"annotation file '{path}'", image_dir)
     return data
 
 

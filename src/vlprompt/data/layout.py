@@ -22,6 +22,34 @@ def abspath(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
+def outside_reason(rel: str) -> str | None:
+    """Why ``rel`` is not a relative path that stays inside the folder it is relative to, or ``None``.
+
+    Checked on the text (symlinks inside the folder are allowed): an absolute path (``/x``, ``\\x``,
+    ``C:/x``) or one whose ``..`` components climb above the folder (``../../etc/passwd``).
+    """
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (rel[1:3] in (":/", ":\\") and rel[0].isalpha()):
+        return "is an absolute path"
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../"):
+        return "leads outside the folder through '..'"
+    return None
+
+
+def check_inside(rel: str, where: str, folder: str | os.PathLike[str] | None = None) -> str:
+    """``rel`` if it is a relative path inside ``folder`` (see :func:`outside_reason`).
+
+    Raises:
+        DatasetError: ``"<where>: path '<rel>' is an absolute path; expected ..."``, naming the entry's
+            place (file, line or entry number) and the folder paths are relative to.
+    """
+    reason = outside_reason(rel)
+    if reason is not None:
+        target = f"the image folder '{folder}'" if folder is not None else "the dataset's image folder"
+        raise DatasetError(f"{where}: path {rel!r} {reason}; expected paths relative to {target}, inside it")
+    return rel
+
+
 def pretty_classname(name: str) -> str:
     """A class name ready for a prompt: underscores become spaces, whitespace collapsed."""
     return " ".join(str(name).replace("_", " ").split())

@@ -57,8 +57,8 @@ import yaml
 
 from vlprompt.errors import ConfigError, DatasetError
 
-from .fewshot import apply_few_shot, subsample_classes
-from .layout import abspath, pretty_classname
+from .fewshot import apply_few_shot, check_train_classes, subsample_classes
+from .layout import abspath, check_inside, pretty_classname
 from .named_groups import layout_error, named_group, named_group_members
 from .task import Sample, Task
 from .transforms import PER_SAMPLE
@@ -210,7 +210,7 @@ def read_split_dk(path: str | os.PathLike[str], image_dir: str | os.PathLike[str
             if t >= n_tasks or label >= len(names[t]):
                 raise DatasetError(f"SoftCPT split file '{path}': entry {i} of '{split}' has task {t} / label "
                                    f"{label}, outside meta.taskid2cname ({n_tasks} tasks)")
-            rel = item[0].lstrip("/")
+            rel = check_inside(item[0], f"SoftCPT split file '{path}': entry {i} of '{split}'", image_dir)
             splits[t][split].append(Sample(os.path.join(base, rel), label, names[t][label]))
     stem = path.stem[len("split_dk_"):] if path.stem.startswith("split_dk_") else path.stem
     tasks = []
@@ -433,4 +433,4 @@ def load_task_group(
         if shots is not None:
             t = apply_few_shot(t, shots, seed)
         out.append(subsample_classes(t, subsample))
-    return merge_tasks(out, name)
+    return check_train_classes(merge_tasks(out, name))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vlprompt.errors import DatasetError
 
-from .layout import pretty_classname
+from .layout import check_inside, pretty_classname
 from .task import Sample, Task
 
 Entry = tuple[str, int, str]
@@ -72,7 +72,7 @@ def _entry(item: object, path: Path, split: str, index: int) -> Entry:
             'expected [relative_path, label >= 0, classname], e.g. ["abbey/sun_aaa.jpg", 0, "abbey"]'
         )
     assert isinstance(item, (list, tuple))
-    return item[0].lstrip("/"), item[1], item[2]
+    return check_inside(item[0], f"split file '{path}': entry {index} of '{split}'"), item[1], item[2]
 
 
 def classnames_from_entries(

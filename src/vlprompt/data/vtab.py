@@ -43,7 +43,7 @@ from pathlib import Path
 from vlprompt.errors import ConfigError, DatasetError
 
 from .coop_datasets import EUROSAT_NEW_CNAMES
-from .layout import abspath, check_some_exist, pretty_classname, read_text_lines
+from .layout import abspath, check_inside, check_some_exist, pretty_classname, read_text_lines
 from .registry import register_dataset
 from .task import Sample, Task
 
@@ -225,6 +225,7 @@ def read_vtab_list(path: Path, task_dir: Path, num_classes: int, classnames: lis
             raise DatasetError(
                 f"line {n} of '{path}' is {line!r}; expected '<relative/image/path> <integer label>'"
             )
+        check_inside(parts[0], f"line {n} of '{path}'", task_dir)
         label = int(parts[1])
         if not 0 <= label < num_classes:
             raise DatasetError(
@@ -270,7 +271,9 @@ def vtab_task_from_lists(
     display = display or name
     lists = read_vtab_lists(task_dir, classnames, display)
     check_some_exist(lists, display, task_dir)
-    info = {"vtab_lists": lists, "vtab_group": vtab_group(name), "format": "vtab", **(extra or {})}
+    # train800 is a random 800 of the training set: classes of a many-class task (SUN397) may be missing
+    info = {"vtab_lists": lists, "vtab_group": vtab_group(name), "format": "vtab", "partial_train_classes": True,
+            **(extra or {})}
     # VPT trains VTAB-1k without augmentation: the plain (resize + centre-crop) view, augment="none"
     return Task(name=name, classnames=list(classnames), template=template, train=list(lists["train800"]),
                 val=list(lists["val200"]), test=list(lists["test"]), root=task_dir, image_dir=task_dir,

@@ -14,6 +14,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +23,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from ..data.fewshot import shots_shortfall, train_counts
 from ..data.images import ImageDataset, check_readable, policy_transforms
 from ..data.masks import DiskMasks, MaskedImageDataset, PairedTrainTransform
 from ..data.splitfile import relative_entry
 from ..data.task import Task
 from ..data.transforms import image_norm, sample_policies, train_transform
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError, VlpromptWarning
 from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
 from .config import TrainConfig
@@ -158,6 +160,9 @@ def fit(
     fingerprint = _fingerprint({**info, "train": {k: v for k, v in info["train"].items() if k not in LOGGING_OPTIONS}})
     if not task.train and model.needs_training:
         raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
+    shortfall = shots_shortfall(task) if model.needs_training else None  # --shots K > a class's images
+    if shortfall:
+        warnings.warn(shortfall, VlpromptWarning, stacklevel=2)
 
     state = run.load_checkpoint() if run is not None and not restart else None
     if state is not None and state.get("fingerprint") != fingerprint:
@@ -180,12 +185,14 @@ def fit(
                                 "seed": task.seed, "subsample": task.subsample},
             "backbone": {"name": bb.name, "weights_id": bb.weights_id,
                          "weights": getattr(bb, "weights_path", None)},
-            "protocol": protocol or default_protocol(task), "fingerprint": fingerprint,
+            "protocol": protocol or default_protocol(task), "fingerprint": fingerprint, **train_counts(task),
         }
         run.write_config(resolved)
         if task.shots:
             _write_sample(run, task)
         run.log(f"fit {info['method']} on {task.name} ({len(task.train)} train images), {device}, {precision}")
+        if shortfall:
+            run.log(f"warning: {shortfall}")
         if cfg.log_to:
             first_epoch = int(state["epoch"]) + 1 if state is not None else 0
             logger = open_loggers(cfg.log_to, run.path, wandb_run_id(run.path, fingerprint),
@@ -239,7 +246,7 @@ def _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, finger
         "backbone": bb.name, "weights": bb.weights_id, "shots": task.shots, "seed": task.seed,
         "subsample": task.subsample, "num_classes": len(task.classnames),
         "epochs": epochs, "feature_views": cfg.feature_views if model.uses_image_features else None,
-        "augment": augment_of(task, cfg),
+        "augment": augment_of(task, cfg), **train_counts(task),
         "train_seconds": round(train_seconds, 3), "feature_seconds": round(feature_seconds, 3),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
         **{k: v for k, v in fit_info.items()},
@@ -335,6 +342,16 @@ def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, t
     return {"images": x.to(device), "labels": y.to(device)}
 
 
+def diverged_message(loss: float, epoch: int, epochs: int, step: int, steps: int, lr: float, precision: str,
+                     run: RunDir | None) -> str:
+    """The :class:`TrainingError` text for a non-finite loss (``epoch`` and ``step`` 0-based)."""
+    hint = "lower the learning rate (--lr)" + ("" if precision == "fp32" else
+                                               f" or train in fp32 (--precision fp32; this run used {precision})")
+    kept = f"; '{run.path}' keeps what was written before this step" if run is not None else ""
+    where = f"epoch {epoch + 1}/{epochs}, step {step + 1}/{steps} (lr {lr:g})"
+    return f"the training loss is {loss} at {where}: {hint}{kept}"
+
+
 def _train_epochs(
     model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
     fingerprint, prior_seconds, t0, on_epoch_end, logger: RunLogger | None = None,
@@ -391,7 +408,11 @@ def _train_epochs(
                     out = model.loss(batch)
                 loss = out["loss"] * scale
                 if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}; lower the learning rate")
+                    msg = diverged_message(float(out["loss"].detach()), epoch, epochs, count, len(batches), lr,
+                                           precision, run)
+                    if run is not None:
+                        run.log(f"error: {msg}")
+                    raise TrainingError(msg)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss, step_acc = float(loss.detach()), float(out.get("acc", 0.0)) * scale
             else:  # more ranks than images in this batch

@@ -9,11 +9,14 @@ name (``"coop+dept"``) through :func:`build_method`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, ClassVar
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from ..backbones.base import Backbone
@@ -172,18 +175,13 @@ def register_plugin(name: str, wrap: Callable[..., PromptMethod], config: type |
     """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
 
     The plug-in's options are named ``<name>_<field>`` so they never clash with a method's;
-    ``config`` is its options dataclass (used to check the options recorded in a prompt file).
+    ``config`` is its options dataclass, so that :func:`parse_method_options` and
+    :func:`vlprompt.load_prompt` can check them.
     """
     _PLUGINS[name] = wrap
     if config is not None:
         _PLUGIN_CONFIGS[name] = config
 
-
-def config_classes(name: str) -> list[type]:
-    """The config dataclasses of a method name: the method's, then its plug-ins' (those registered
-    with one), e.g. ``[CoOpConfig, DePTConfig]`` for ``"coop+dept"``."""
-    base, *plugins = name.split("+")
-    return [get_method_class(base).Config] + [_PLUGIN_CONFIGS[p] for p in plugins if p in _PLUGIN_CONFIGS]
 
 
 def list_methods() -> list[str]:
@@ -197,13 +195,229 @@ def get_method_class(name: str) -> type[PromptMethod]:
     return _REGISTRY[name]
 
 
-def make_config(config_cls: type, overrides: dict[str, Any], where: str) -> Any:
-    """Build a frozen config dataclass from keyword overrides, with clear errors."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - set(fields))
+# ---------------------------------------------------------------------- options
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {_type_name(args[0]) if args else 'values'}"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if tp is type(None):
+        return "none"
+    if tp is bool:
+        return "bool (true/false/1/0)"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _BadValue(Exception):
+    """Internal: ``value`` does not fit the field type (turned into one ConfigError by the caller)."""
+
+
+def coerce_value(value: Any, tp: Any, parse_strings: bool = True) -> Any:
+    """``value`` converted to the type ``tp`` of a Config field.
+
+    A string (``-o KEY=VALUE`` on the command line) is parsed by the type: ``int``, ``float``, ``bool``
+    (``true``/``false``/``yes``/``no``/``on``/``off``/``1``/``0``), ``str`` as is, ``Literal`` choices,
+    ``X | None`` (``none`` / ``null``), tuples and lists (``[a, b]`` in YAML / JSON flow syntax, or
+    ``a,b``). Other values (from the API, YAML or JSON) are checked against the type; lists become
+    tuples where the field is a tuple. Raises ``_BadValue`` when the value does not fit.
+    With ``parse_strings=False`` (typed files such as ``prompt.json``) a string is only accepted
+    where the field holds strings.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        return value
+    if not parse_strings and isinstance(value, str):
+        members = args if origin in (Union, types.UnionType) else (tp,)
+        if not any(m is str or (typing.get_origin(m) is Literal and value in typing.get_args(m)) for m in members):
+            raise _BadValue  # a typed file holds a string where the field holds no strings
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and type(None) in args \
+                and str not in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce_value(value, a, parse_strings)
+            except _BadValue:
+                pass
+        raise _BadValue
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            for choice in args:
+                if str(choice) == value.strip():
+                    return choice
+        raise _BadValue
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _BadValue
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _BadValue from None
+        raise _BadValue
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):  # "8" stays 8 (as the YAML reading of -o gave), so run configs do not change
+            for number in (int, float):
+                try:
+                    return number(value.strip())
+                except ValueError:
+                    pass
+        raise _BadValue
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _BadValue
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = yaml.safe_load(text)
+                except yaml.YAMLError:
+                    raise _BadValue from None
+            else:
+                value = [v.strip() for v in text.split(",")] if text else []
+        if not isinstance(value, (list, tuple)):
+            raise _BadValue
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            items = [coerce_value(v, args[0], parse_strings) if args else v for v in value]
+        else:
+            if len(value) != len(args):
+                raise _BadValue
+            items = [coerce_value(v, a, parse_strings) for v, a in zip(value, args, strict=True)]
+        return tuple(items) if origin is tuple else items
+    if isinstance(value, str) and isinstance(tp, type) and not issubclass(tp, str):
+        # a type this parser does not know (dict, ...): read the string as YAML, as the CLI did before
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise _BadValue from None
+    return value
+
+
+def config_fields(config_cls: type) -> dict[str, tuple[Any, Any]]:
+    """``{field: (type, default)}`` of a Config dataclass (types resolved; ``MISSING`` for no default)."""
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an annotation that does not resolve: accept any value for it
+        hints = {}
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        out[f.name] = (hints.get(f.name, Any), default)
+    return out
+
+
+def coerce_options(
+    config_cls: type, options: Mapping[str, Any], where: str, parse_strings: bool = True
+) -> dict[str, Any]:
+    """``options`` checked and converted against the fields of ``config_cls`` (see :func:`coerce_value`;
+    ``parse_strings=False`` for typed files, where a string stands only for a string).
+
+    Raises:
+        ConfigError: an unknown option (the message lists the valid ones), or a value of the wrong
+            type (``option n_ctx of coop expects int, got 'four'``).
+    """
+    fields = config_fields(config_cls)
+    unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {unknown}; valid options: {sorted(fields)}")
-    return config_cls(**overrides)
+    out = {}
+    for key, value in options.items():
+        tp = fields[key][0]
+        try:
+            out[key] = coerce_value(value, tp, parse_strings)
+        except _BadValue:
+            raise ConfigError(f"option {key} of {where} expects {_type_name(tp)}, got {value!r}") from None
+    return out
+
+
+def _split_name(name: str) -> tuple[str, list[str]]:
+    base, *plugins = name.split("+")
+    for p in plugins:
+        if p not in _PLUGINS:
+            raise ConfigError(f"unknown plug-in {p!r} in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
+    return base, plugins
+
+
+def method_options(name: str) -> dict[str, tuple[Any, Any]]:
+    """Every option ``build_method(name, ...)`` accepts: ``{option: (type, default)}``, the method's
+    Config fields followed by its plug-ins' (``dept_weight`` ...).
+
+    Example:
+        >>> method_options("coop+dept")["dept_weight"]
+        (<class 'float'>, 0.7)
+    """
+    base, plugins = _split_name(name)
+    out = dict(config_fields(get_method_class(base).Config))
+    for p in plugins:
+        if p in _PLUGIN_CONFIGS:
+            out.update(config_fields(_PLUGIN_CONFIGS[p]))
+    return out
+
+
+def parse_method_options(name: str, options: Mapping[str, Any], parse_strings: bool = True) -> dict[str, Any]:
+    """Check and convert the options of method ``name`` (``"coop"``, ``"coop+dept"``) by their Config types.
+
+    Values may be strings (``-o KEY=VALUE``: parsed by the field's type) or already typed (API, YAML).
+    :func:`build_method` calls this, so the API, the CLI and a sweep give the same errors; call it to
+    check a run's options before loading anything. ``parse_strings=False`` checks typed values (a file
+    such as ``prompt.json``): a string is then accepted only where the field holds strings.
+
+    Raises:
+        ConfigError: unknown method or plug-in; an unknown option (the message lists the valid ones of
+            the method and of each plug-in); a value that does not fit its field's type.
+
+    Example:
+        >>> parse_method_options("coop+dept", {"n_ctx": "4", "dept_weight": "0.5"})
+        {'n_ctx': 4, 'dept_weight': 0.5}
+    """
+    base, plugins = _split_name(name)
+    owners: dict[str, type] = {base: get_method_class(base).Config}
+    owners.update({p: _PLUGIN_CONFIGS[p] for p in plugins if p in _PLUGIN_CONFIGS})
+    known = {k: owner for owner, cls in owners.items() for k in config_fields(cls)}
+    unchecked = [p for p in plugins if p not in _PLUGIN_CONFIGS]  # plug-ins registered without a config
+    unknown = [k for k in options if k not in known and not any(k.startswith(f"{p}_") for p in unchecked)]
+    if unknown:
+        valid = "; ".join(f"{owner}: {', '.join(config_fields(cls))}" for owner, cls in owners.items())
+        raise ConfigError(f"{name}: unknown option(s) {sorted(unknown)}; valid options: {valid}")
+    out = dict(options)
+    for owner, cls in owners.items():
+        mine = {k: v for k, v in options.items() if known.get(k) == owner}
+        out.update(coerce_options(cls, mine, name, parse_strings))
+    return out
+
+
+def make_config(config_cls: type, overrides: Mapping[str, Any], where: str) -> Any:
+    """Build a frozen config dataclass from keyword overrides, with clear errors (:func:`coerce_options`)."""
+    return config_cls(**coerce_options(config_cls, overrides, where))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -221,18 +435,17 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], **config:
         backbone: a loaded :class:`~vlprompt.backbones.base.Backbone`.
         classnames: class names of the training task.
         **config: fields of the method's ``Config``; options of a plug-in carry its name as a
-            prefix (``dept_weight=0.7``). Unknown fields are an error.
+            prefix (``dept_weight=0.7``). Unknown fields and values of the wrong type are an error
+            (:func:`parse_method_options`; strings are parsed by the field's type).
 
     Example:
         >>> model = build_method("coop", bb, ["cat", "dog"], n_ctx=4)
         >>> model = build_method("kgcoop+dept", bb, names, weight=2.0, dept_weight=0.7)
     """
-    base, *plugins = name.split("+")
-    for p in plugins:
-        if p not in _PLUGINS:
-            raise ConfigError(f"unknown plug-in {p!r} in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
+    base, plugins = _split_name(name)
     if not classnames:
         raise ConfigError("build_method needs at least one class name")
+    config = parse_method_options(name, config)
     plugin_opts = {p: {k: v for k, v in config.items() if k.startswith(f"{p}_")} for p in plugins}
     taken = {k for opts in plugin_opts.values() for k in opts}
     cls = get_method_class(base)
