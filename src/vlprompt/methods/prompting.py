@@ -35,6 +35,8 @@ def phrase_length(backbone: Backbone, phrase: str) -> int:
 def check_text_tokens(backbone: Backbone, n_tokens: int, what: str = "n_ctx") -> None:
     """Refuse a learned-context length that cannot fit the backbone's text context (start and end
     tokens included) before anything of that size is allocated."""
+    if not getattr(backbone, "context_length", 0):
+        return  # an image-only backbone: its text seams refuse the method with their own error
     room = int(backbone.context_length) - 2
     if n_tokens > room:
         raise ConfigError(
