@@ -157,6 +157,7 @@ class PromptMethod(nn.Module):
 # ---------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[PromptMethod]] = {}
 _PLUGINS: dict[str, Callable[..., PromptMethod]] = {}
+_PLUGIN_CONFIGS: dict[str, type] = {}
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -167,17 +168,32 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
     return cls
 
 
-def register_plugin(name: str, wrap: Callable[..., PromptMethod]) -> None:
+def register_plugin(name: str, wrap: Callable[..., PromptMethod], config: type | None = None) -> None:
     """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
 
     The plug-in's options are named ``<name>_<field>`` so they never clash with a method's.
+    ``config`` is its options dataclass (fields ``<name>_...``), so options can be checked
+    without building a model (:func:`plugin_config`).
     """
     _PLUGINS[name] = wrap
+    if config is not None:
+        _PLUGIN_CONFIGS[name] = config
 
 
 def list_methods() -> list[str]:
     """Names of registered methods (plug-ins listed as ``+name``)."""
     return sorted(_REGISTRY) + [f"+{p}" for p in sorted(_PLUGINS)]
+
+
+def plugin_config(name: str) -> type | None:
+    """The options dataclass of plug-in ``name`` (None when it registered none).
+
+    Raises:
+        ConfigError: unknown plug-in.
+    """
+    if name not in _PLUGINS:
+        raise ConfigError(f"unknown plug-in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
+    return _PLUGIN_CONFIGS.get(name)
 
 
 def get_method_class(name: str) -> type[PromptMethod]:

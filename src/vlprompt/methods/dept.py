@@ -195,4 +195,4 @@ def wrap_dept(inner: PromptMethod, **options: Any) -> DePT:
     return DePT(inner, make_config(DePTConfig, options, "dept"))
 
 
-register_plugin("dept", wrap_dept)
+register_plugin("dept", wrap_dept, config=DePTConfig)
