@@ -77,7 +77,7 @@ def test_ray_unreachable_address_times_out_and_sigterm_stops_a_connecting_driver
     assert len(errors) == 1 and "could not connect to the Ray cluster at 127.0.0.1:1 within 3 s" in errors[0]
     assert "--ray-timeout" in errors[0] and "Traceback" not in text_a
     assert a_seconds < 110
-    assert rc_b == 130 and stopped_after < 10, (rc_b, stopped_after, text_b[-2000:])
+    assert rc_b == 130 and stopped_after < 15, (rc_b, stopped_after, text_b[-2000:])
     assert "sweep interrupted" in text_b
     print(f"timeout run: {a_seconds:.1f} s in all; SIGTERM -> exit after {stopped_after:.2f} s")
 
@@ -122,6 +122,9 @@ def test_sigterm_stops_a_driver_waiting_on_ray_tasks_and_frees_its_locks(tmp_pat
     runs = load_sweep(f).expand()
     fake = _FakeRay([Path(r.out) / LOCK_FILE for r in runs])
     monkeypatch.setitem(sys.modules, "ray", fake)
+    from vlprompt.sweep import run as run_mod
+
+    monkeypatch.setattr(run_mod, "_probe_ray", lambda address, timeout: None)  # no real cluster to probe
 
     def mine(signum, frame):  # pragma: no cover - never called
         pass

@@ -9,11 +9,11 @@ from their checkpoint).
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -270,19 +270,56 @@ class _DropRayThreadWarning(logging.Filter):
         return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
+_PROBE = "import sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\nray.shutdown()\n"
+
+
+def _unreachable(shown: str, timeout: float) -> ConfigError:
+    return ConfigError(
+        f"could not connect to the Ray cluster at {shown} within {timeout:g} s; check that a cluster runs there "
+        f"(`ray status --address {shown}` on a node), that the address is the head's IP:port printed by "
+        "`ray start --head` and reachable from this machine (no firewall), and that this machine has the same "
+        "ray version; --ray-timeout sets the wait")
+
+
+def _probe_ray(address: str, timeout: float) -> None:
+    """Connect once from a child process (killed after ``timeout``): an unreachable cluster then leaves no
+    thread stuck in Ray's C++ code in this process (such a thread can crash the interpreter at exit).
+    The probe shows in the cluster as a short driver job."""
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, address], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException as e:  # timeout, SIGTERM / Ctrl-C: stop the probe
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise _unreachable(address, timeout) from None
+        raise
+    if proc.returncode != 0:
+        lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip()[:400] if lines else f"exit status {proc.returncode}"
+        raise ConfigError(f"could not connect to the Ray cluster at {address}: {last} (check the address, "
+                          "`ray status`, and that `ray start --head` runs there)")
+
+
 def _connect_ray(ray: Any, address: str | None, timeout: float, runtime_env: dict[str, Any],
                  note: Callable[[str], None]) -> None:
     """``ray.init`` that gives up after ``timeout`` seconds and that SIGTERM / Ctrl-C always interrupt.
 
     Ray's connection to an unreachable GCS retries for ever inside C++ code, where Python signal handlers
-    do not run, and ``ray.init`` on the main thread replaces the SIGTERM handler with its own. So it runs
-    on a daemon thread (abandoned on timeout or interruption; it does not keep the process alive) while
-    the calling thread waits in short, interruptible steps; the caller's SIGTERM handler stays in place.
+    do not run, and ``ray.init`` on the main thread replaces the SIGTERM handler with its own. So the
+    cluster is first probed from a child process (:func:`_probe_ray`, killed on timeout or interruption);
+    then ``ray.init`` runs on a daemon thread (abandoned if it still hangs) while the calling thread waits
+    in short, interruptible steps; the caller's SIGTERM handler stays in place.
     """
     shown = address or "auto"
     if not timeout or timeout <= 0:
         raise ConfigError(f"the Ray connect timeout must be a positive number of seconds, got {timeout!r}")
     note(f"connecting to the Ray cluster at {shown} (timeout {timeout:g} s)")
+    _probe_ray(shown, timeout)
     result: dict[str, BaseException] = {}
     finished = threading.Event()
     quiet = _DropRayThreadWarning()
@@ -304,17 +341,7 @@ def _connect_ray(ray: Any, address: str | None, timeout: float, runtime_env: dic
     try:
         while not finished.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"could not connect to the Ray cluster at {shown} within {timeout:g} s; check that a cluster "
-                    f"runs there (`ray status --address {shown}` on a node), that the address is the head's "
-                    "IP:port printed by `ray start --head` and reachable from this machine (no firewall), and "
-                    "that this machine has the same ray version; --ray-timeout sets the wait")
-    except BaseException:
-        if not finished.is_set():  # abandoned: Ray's exit hook (ray.shutdown) would wait for the stuck attempt
-            shutdown = getattr(ray, "shutdown", None)  # (it takes the lock ray.init holds): nothing to shut down
-            if callable(shutdown):
-                atexit.unregister(shutdown)
-        raise
+                raise _unreachable(shown, timeout)
     finally:
         ray_logger.removeFilter(quiet)
         if main and handler is not None and signal.getsignal(signal.SIGTERM) is not handler:
