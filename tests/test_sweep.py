@@ -161,8 +161,10 @@ def test_killed_sweep_restarts_without_rerunning_finished_runs(sweep_file, tmp_p
     finished = {Path(r.out) / "results.json": (Path(r.out) / "results.json").stat().st_mtime_ns
                 for r in runs if is_complete(r)}
     assert 1 <= len(finished) < len(runs)
+    stale = [r.id for r in runs if (Path(r.out) / "sweep.lock").exists()]  # SIGKILL leaves the claims behind
+    assert stale
     assert sweep_main([str(path), "--executor", "local", "--workers", "2"]) == 0
-    assert all(is_complete(r) for r in runs)
+    assert all(is_complete(r) for r in runs) and not list(out.rglob("sweep.lock*"))  # taken over, released
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     status = json.loads((out / "sweep_status.json").read_text())
     assert status["done"] == len(runs) == 12 and status["failures"] == []

@@ -189,6 +189,17 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY) + [f"+{p}" for p in sorted(_PLUGINS)]
 
 
+def plugin_config(name: str) -> type | None:
+    """The options dataclass of plug-in ``name`` (None when it registered none).
+
+    Raises:
+        ConfigError: unknown plug-in.
+    """
+    if name not in _PLUGINS:
+        raise ConfigError(f"unknown plug-in {name!r}; known plug-ins: {sorted(_PLUGINS)}")
+    return _PLUGIN_CONFIGS.get(name)
+
+
 def get_method_class(name: str) -> type[PromptMethod]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
@@ -199,17 +210,18 @@ def get_method_class(name: str) -> type[PromptMethod]:
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
-def _type_name(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
+    """A Config field's type in words for error messages (``int``, ``one of 'end', 'middle'`` ...)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
     if origin in (tuple, list):
         args = typing.get_args(tp)
         if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-            return f"a list of {_type_name(args[0]) if args else 'values'}"
-        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+            return f"a list of {describe_type(args[0]) if args else 'values'}"
+        return "[" + ", ".join(describe_type(a) for a in args) + "]"
     if tp is type(None):
         return "none"
     if tp is bool:
@@ -321,6 +333,22 @@ def coerce_value(value: Any, tp: Any, parse_strings: bool = True) -> Any:
     return value
 
 
+def value_fits(value: Any, tp: Any) -> bool:
+    """Whether a typed value (YAML, JSON, the API) fits a Config field of type ``tp`` as it is:
+    :func:`coerce_value` with ``parse_strings=False`` (``bool`` is not an ``int``; an ``int`` is a
+    valid ``float``; a list is a valid ``tuple[...]``).
+
+    Example:
+        >>> value_fits(4, int), value_fits(True, int), value_fits(2, float), value_fits(["a"], tuple[str, ...])
+        (True, False, True, True)
+    """
+    try:
+        coerce_value(value, tp, parse_strings=False)
+    except _BadValue:
+        return False
+    return True
+
+
 def config_fields(config_cls: type) -> dict[str, tuple[Any, Any]]:
     """``{field: (type, default)}`` of a Config dataclass (types resolved; ``MISSING`` for no default)."""
     try:
@@ -355,7 +383,7 @@ def coerce_options(
         try:
             out[key] = coerce_value(value, tp, parse_strings)
         except _BadValue:
-            raise ConfigError(f"option {key} of {where} expects {_type_name(tp)}, got {value!r}") from None
+            raise ConfigError(f"option {key} of {where} expects {describe_type(tp)}, got {value!r}") from None
     return out
 
 

@@ -7,9 +7,9 @@ Example:
 
 from .progress import Progress
 from .run import execute, is_complete, run_sweep, sweep_main
-from .spec import DatasetEntry, MethodEntry, Sweep, SweepRun, load_sweep, parse_sweep, run_id
+from .spec import DatasetEntry, MethodEntry, Sweep, SweepRun, load_sweep, parse_sweep, run_id, validate_sweep
 
 __all__ = [
     "DatasetEntry", "MethodEntry", "Progress", "Sweep", "SweepRun", "execute", "is_complete", "load_sweep",
-    "parse_sweep", "run_id", "run_sweep", "sweep_main",
+    "parse_sweep", "run_id", "run_sweep", "sweep_main", "validate_sweep",
 ]

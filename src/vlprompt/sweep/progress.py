@@ -31,6 +31,7 @@ class Progress:
                  use_tqdm: bool | None = None) -> None:
         self.total, self.already = total, already_done
         self.done, self.failed = already_done, 0
+        self.skipped = 0  # runs another sweep is running (their lock is live)
         self.running: set[str] = set()
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.time()
@@ -45,7 +46,7 @@ class Progress:
 
     @property
     def remaining(self) -> int:
-        return self.total - self.done - self.failed
+        return self.total - self.done - self.failed - self.skipped
 
     def eta(self) -> float | None:
         finished = self.done - self.already + self.failed
@@ -56,7 +57,8 @@ class Progress:
 
     def summary(self) -> str:
         eta = self.eta()
-        return (f"{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed, "
+        elsewhere = f", {self.skipped} run by another sweep" if self.skipped else ""
+        return (f"{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed{elsewhere}, "
                 f"{self.remaining} remaining, ETA {'?' if eta is None else _fmt_seconds(eta)}")
 
     def _line(self, event: str) -> None:
@@ -87,6 +89,28 @@ class Progress:
                 self._bar.write(f"failed {rid}: {error}", file=self.stream)
         else:
             self._line(f"{'done' if ok else 'FAILED'} {rid}" + ("" if ok else f": {error}"))
+
+    def note(self, message: str) -> None:
+        """One line about the sweep (not a run event), e.g. the Ray connection or a stale lock."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            self.stream.write(f"[sweep {_fmt_seconds(time.time() - self.t0)}] {message}\n")
+            self.stream.flush()
+
+    def skip(self, rid: str, reason: str, complete: bool = False) -> None:
+        """A run not executed by this sweep: ``complete`` (another sweep finished it meanwhile) or held by
+        another sweep (``reason`` says which)."""
+        if complete:
+            self.done += 1
+            self.already += 1  # not finished by this session: the ETA ignores it
+        else:
+            self.skipped += 1
+        if self._bar is not None:
+            self._update_bar(1)
+            self._bar.write(f"skipped {rid}: {reason}", file=self.stream)
+        else:
+            self._line(f"skip {rid}: {reason}")
 
     def close(self) -> None:
         if self._bar is not None:

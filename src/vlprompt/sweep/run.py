@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,15 @@ from typing import Any
 from ..engine.loggers import LOGGING_OPTIONS
 from ..engine.run import RunDir, atomic_write
 from ..errors import ConfigError, VlpromptError
+from .lock import LOCK_FILE, RunLock, describe
 from .progress import Progress
 from .spec import Sweep, SweepRun, load_sweep
 
 STATUS_FILE = "sweep_status.json"
+#: seconds ``ray.init`` may take to reach the cluster (``--ray-timeout``)
+RAY_CONNECT_TIMEOUT = 60.0
+#: exit status when no run failed but some are being run by another sweep (not all are complete)
+EXIT_LOCKED = 3
 
 
 def is_complete(run: SweepRun) -> bool:
@@ -205,9 +212,13 @@ def _init_worker(threads: int, counter: Any, n_gpus: int) -> None:
     _WORKER["index"] = index
 
 
-def run_local(runs: list[SweepRun], workers: int, on_start: Callable[[str], None],
+def run_local(runs: Iterable[SweepRun], workers: int, on_start: Callable[[str], None],
               on_done: Callable[[dict[str, Any]], None], threads: int | None = None) -> None:
-    """Execute ``runs`` on ``workers`` spawned processes (one GPU each when GPUs exist)."""
+    """Execute ``runs`` on ``workers`` spawned processes (one GPU each when GPUs exist).
+
+    ``runs`` is sized and iterated lazily: the next run is taken only when a worker is free (the sweep
+    claims a run's lock when it is taken, so two sweeps on one folder share the runs).
+    """
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
@@ -219,14 +230,17 @@ def run_local(runs: list[SweepRun], workers: int, on_start: Callable[[str], None
     counter = ctx.Value("i", 0)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                initargs=(n_threads, counter, gpu_count()))
-    queue = list(runs)
+    queue: Iterator[SweepRun] = iter(runs)
+    nxt: SweepRun | None = next(queue, None)
     pending: dict[Future, SweepRun] = {}
     try:
-        while queue or pending:
-            while queue and len(pending) < workers:  # submit as slots free up: 'running' is exact
-                run = queue.pop(0)
-                pending[pool.submit(execute, run)] = run
-                on_start(run.id)
+        while nxt is not None or pending:
+            while nxt is not None and len(pending) < workers:  # submit as slots free up: 'running' is exact
+                pending[pool.submit(execute, nxt)] = nxt
+                on_start(nxt.id)
+                nxt = next(queue, None)
+            if not pending:
+                break
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for fut in done:
                 run = pending.pop(fut)
@@ -241,7 +255,7 @@ def run_local(runs: list[SweepRun], workers: int, on_start: Callable[[str], None
             proc.terminate()
         raise
     finally:
-        pool.shutdown(wait=not (queue or pending), cancel_futures=True)
+        pool.shutdown(wait=not (nxt or pending), cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- ray executor
@@ -249,13 +263,106 @@ def _package_path() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def run_ray(runs: list[SweepRun], address: str | None, on_start: Callable[[str], None],
+class _DropRayThreadWarning(logging.Filter):
+    """Ray warns that it installs no SIGTERM handler when ``ray.init`` runs off the main thread: intended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+_PROBE = "import sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\nray.shutdown()\n"
+
+
+def _unreachable(shown: str, timeout: float) -> ConfigError:
+    return ConfigError(
+        f"could not connect to the Ray cluster at {shown} within {timeout:g} s; check that a cluster runs there "
+        f"(`ray status --address {shown}` on a node), that the address is the head's IP:port printed by "
+        "`ray start --head` and reachable from this machine (no firewall), and that this machine has the same "
+        "ray version; --ray-timeout sets the wait")
+
+
+def _probe_ray(address: str, timeout: float) -> None:
+    """Connect once from a child process (killed after ``timeout``): an unreachable cluster then leaves no
+    thread stuck in Ray's C++ code in this process (such a thread can crash the interpreter at exit).
+    The probe shows in the cluster as a short driver job."""
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, address], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except BaseException as e:  # timeout, SIGTERM / Ctrl-C: stop the probe
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise _unreachable(address, timeout) from None
+        raise
+    if proc.returncode != 0:
+        lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip()[:400] if lines else f"exit status {proc.returncode}"
+        raise ConfigError(f"could not connect to the Ray cluster at {address}: {last} (check the address, "
+                          "`ray status`, and that `ray start --head` runs there)")
+
+
+def _connect_ray(ray: Any, address: str | None, timeout: float, runtime_env: dict[str, Any],
+                 note: Callable[[str], None]) -> None:
+    """``ray.init`` that gives up after ``timeout`` seconds and that SIGTERM / Ctrl-C always interrupt.
+
+    Ray's connection to an unreachable GCS retries for ever inside C++ code, where Python signal handlers
+    do not run, and ``ray.init`` on the main thread replaces the SIGTERM handler with its own. So the
+    cluster is first probed from a child process (:func:`_probe_ray`, killed on timeout or interruption);
+    then ``ray.init`` runs on a daemon thread (abandoned if it still hangs) while the calling thread waits
+    in short, interruptible steps; the caller's SIGTERM handler stays in place.
+    """
+    shown = address or "auto"
+    if not timeout or timeout <= 0:
+        raise ConfigError(f"the Ray connect timeout must be a positive number of seconds, got {timeout!r}")
+    note(f"connecting to the Ray cluster at {shown} (timeout {timeout:g} s)")
+    _probe_ray(shown, timeout)
+    result: dict[str, BaseException] = {}
+    finished = threading.Event()
+    quiet = _DropRayThreadWarning()
+    ray_logger = logging.getLogger("ray._private.worker")
+    ray_logger.addFilter(quiet)
+
+    def connect() -> None:
+        try:
+            ray.init(address=shown, ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
+        except BaseException as e:  # handed to the waiting thread
+            result["error"] = e
+        finally:
+            finished.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    threading.Thread(target=connect, name="vlprompt-ray-connect", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not finished.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise _unreachable(shown, timeout)
+    finally:
+        ray_logger.removeFilter(quiet)
+        if main and handler is not None and signal.getsignal(signal.SIGTERM) is not handler:
+            signal.signal(signal.SIGTERM, handler)  # keep ours: Ray's would exit without cleaning up
+    err = result.get("error")
+    if isinstance(err, ConnectionError):
+        raise ConfigError(f"could not connect to the Ray cluster at {shown}: {err} (check the address, "
+                          "`ray status`, and that `ray start --head` runs)") from err
+    if err is not None:
+        raise err
+
+
+def run_ray(runs: Iterable[SweepRun], address: str | None, on_start: Callable[[str], None],
             on_done: Callable[[dict[str, Any]], None], cpus_per_run: float = 1.0, gpus_per_run: float | None = None,
-            ) -> None:
+            connect_timeout: float = RAY_CONNECT_TIMEOUT, note: Callable[[str], None] | None = None) -> None:
     """Submit each run as one Ray task to the cluster at ``address`` (``ray start --head`` ...).
 
     Result files are written by the tasks themselves, so ``out`` must be on a file system all
-    nodes share. ``gpus_per_run`` defaults to 1 when the cluster has GPUs, else 0.
+    nodes share. ``gpus_per_run`` defaults to 1 when the cluster has GPUs, else 0. Connecting gives up
+    after ``connect_timeout`` seconds (a :class:`~vlprompt.errors.ConfigError` naming the address);
+    SIGTERM / Ctrl-C interrupt the connection and the wait for tasks (at most about a second late).
     """
     try:
         import ray
@@ -264,8 +371,8 @@ def run_ray(runs: list[SweepRun], address: str | None, on_start: Callable[[str],
     if not runs:
         return
     pythonpath = os.pathsep.join(p for p in (_package_path(), os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    _connect_ray(ray, address, connect_timeout, {"env_vars": {"PYTHONPATH": pythonpath}},
+                 note or (lambda m: print(m, file=sys.stderr, flush=True)))
     try:
         if gpus_per_run is None:
             gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -283,7 +390,8 @@ def run_ray(runs: list[SweepRun], address: str | None, on_start: Callable[[str],
             pending[remote.remote(run)] = run
             on_start(run.id)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            # a bounded wait: Python runs signal handlers (SIGTERM) only between calls into Ray
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 run = pending.pop(ref)
                 try:
@@ -298,28 +406,55 @@ def run_ray(runs: list[SweepRun], address: str | None, on_start: Callable[[str],
 
 # ----------------------------------------------------------------------------- the sweep
 def _write_status(sweep: Sweep, runs: list[SweepRun], done: set[str], failures: dict[str, str],
-                  running: Iterable[str], finished: bool) -> None:
+                  running: Iterable[str], finished: bool, locked: dict[str, dict[str, Any]] | None = None) -> None:
+    locked = {k: v for k, v in (locked or {}).items() if k not in done}
     status = {
         "sweep": sweep.name, "out": str(sweep.out), "total": len(runs), "done": len(done),
         "running": sorted(running), "failed": len(failures),
         "remaining": len(runs) - len(done) - len(failures), "finished": finished,
         "failures": [{"id": k, "error": v, "error_file": str(Path(sweep.out) / k / "error.txt")}
                      for k, v in sorted(failures.items())],
+        "locked": [{"id": k, "pid": v.get("pid"), "host": v.get("host"), "since": v.get("started"),
+                    "lock_file": str(Path(sweep.out) / k / LOCK_FILE)} for k, v in sorted(locked.items())],
+        "pid": os.getpid(),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write(Path(sweep.out) / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
 
+class _Claimed:
+    """The runs to execute, each claimed (its lock file) only when an executor takes it from the iterator;
+    runs another live sweep holds, or that it finished meanwhile, are reported and left out."""
+
+    def __init__(self, runs: list[SweepRun], claim: Callable[[SweepRun], bool]) -> None:
+        self.runs, self.claim = runs, claim
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self) -> Iterator[SweepRun]:
+        return (r for r in self.runs if self.claim(r))
+
+
 def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None, address: str | None = None,
               cpus_per_run: float = 1.0, gpus_per_run: float | None = None, progress: Progress | None = None,
-              ) -> dict[str, Any]:
-    """Expand ``sweep``, skip its complete runs and execute the others; returns the final status.
+              ray_timeout: float = RAY_CONNECT_TIMEOUT) -> dict[str, Any]:
+    """Validate and expand ``sweep``, skip its complete runs and execute the others; returns the final status.
+
+    The grid is checked against the registries first (:func:`~vlprompt.sweep.spec.validate_sweep`):
+    nothing runs or is written when an entry is invalid. Each run is claimed with a lock file
+    (``<run>/sweep.lock``, :mod:`vlprompt.sweep.lock`) just before it is executed and released when it
+    ends, so several sweeps on one output folder share its runs; the runs another live sweep holds are
+    listed under ``locked`` in the status. ``ray_timeout``: seconds to reach the Ray cluster.
 
     Example:
         >>> status = run_sweep(load_sweep("sweep.yaml"), executor="local", workers=2)
-        >>> status["failures"]
-        []
+        >>> status["failures"], status["locked"]
+        ([], [])
     """
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"executor {executor!r}; expected local or ray")
+    sweep.validate()
     runs = sweep.expand()
     out = Path(sweep.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -328,12 +463,42 @@ def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None,
     todo = [r for r in runs if r.id not in done]
     failures: dict[str, str] = {}
     running: set[str] = set()
+    held: dict[str, RunLock] = {}
+    locked: dict[str, dict[str, Any]] = {}
     prog = progress or Progress(total=len(runs), already_done=len(done))
+
+    def status(finished: bool = False, now_running: Iterable[str] | None = None) -> None:
+        _write_status(sweep, runs, done, failures, running if now_running is None else now_running, finished,
+                      locked)
+
+    def claim(run: SweepRun) -> bool:
+        lock = RunLock(run.out)
+        got = lock.acquire()
+        if got.stale is not None:
+            prog.note(f"{run.id}: took over the stale lock of a sweep that is gone ({describe(got.stale)})")
+        if not got.ok:
+            locked[run.id] = got.holder or {}
+            prog.skip(run.id, f"being run by another sweep ({describe(locked[run.id])})")
+            status()
+            return False
+        if is_complete(run):  # another sweep finished it after this one started
+            lock.release()
+            done.add(run.id)
+            prog.skip(run.id, "completed by another sweep", complete=True)
+            status()
+            return False
+        held[run.id] = lock
+        return True
+
+    def release(rid: str) -> None:
+        lock = held.pop(rid, None)
+        if lock is not None:
+            lock.release()
 
     def on_start(rid: str) -> None:
         running.add(rid)
         prog.start(rid)
-        _write_status(sweep, runs, done, failures, running, False)
+        status()
 
     def on_done(result: dict[str, Any]) -> None:
         rid = result["id"]
@@ -342,25 +507,33 @@ def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None,
             done.add(rid)
         else:
             failures[rid] = result.get("error", "unknown error")
+        release(rid)
         prog.finish(rid, result["status"] == "done", result.get("error"))
-        _write_status(sweep, runs, done, failures, running, False)
+        status()
 
-    _write_status(sweep, runs, done, failures, running, False)
+    status()
+    claimed = _Claimed(todo, claim)
     try:
         if executor == "local":
             if workers is None:
                 workers = gpu_count() or 1
-            run_local(todo, workers, on_start, on_done)
-        elif executor == "ray":
-            run_ray(todo, address, on_start, on_done, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+            run_local(claimed, workers, on_start, on_done)
         else:
-            raise ConfigError(f"executor {executor!r}; expected local or ray")
+            run_ray(claimed, address, on_start, on_done, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                    connect_timeout=ray_timeout, note=prog.note)
     except BaseException:
-        _write_status(sweep, runs, done, failures, (), False)  # interrupted: nothing runs any more
+        status(now_running=())  # interrupted: nothing runs any more
         raise
     finally:
+        for rid in list(held):  # interrupted runs: free for the next sweep (it resumes them)
+            release(rid)
         prog.close()
-    _write_status(sweep, runs, done, failures, (), True)
+    by_id = {r.id: r for r in runs}
+    for rid in list(locked):  # finished by the other sweep while this one ran
+        if is_complete(by_id[rid]):
+            done.add(rid)
+            del locked[rid]
+    status(finished=True, now_running=())
     return json.loads((out / STATUS_FILE).read_text())
 
 
@@ -371,12 +544,15 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, else 1)")
     p.add_argument("--address", help="Ray cluster address (default: auto = the cluster started on this machine)")
+    p.add_argument("--ray-timeout", type=float, default=RAY_CONNECT_TIMEOUT, metavar="SECONDS",
+                   help=f"Ray: give up connecting to the cluster after this long (default {RAY_CONNECT_TIMEOUT:g})")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs requested per run")
     p.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default: 1 if the cluster has GPUs)")
     p.add_argument("--out", help="output root (replaces the file's 'out')")
     p.add_argument("--data-root", help="data root (replaces the file's 'data_root')")
     p.add_argument("--weights", help="backbone weights (replaces the file's 'weights')")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file, list the runs and whether they are complete (done / todo / busy)")
     return p
 
 
@@ -384,20 +560,41 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _dry_run(sweep: Sweep) -> None:
+    sweep.validate()
+    for r in sweep.expand():
+        if is_complete(r):
+            print(f"done  {r.id}")
+            continue
+        holder = RunLock(r.out).holder() if (Path(r.out) / LOCK_FILE).exists() else None
+        print(f"busy  {r.id}  (being run by {describe(holder)})" if holder else f"todo  {r.id}")
+
+
 def sweep_main(argv: list[str] | None = None) -> int:
     """``vlprompt sweep SWEEP.yaml [--executor local|ray] [--workers N]``; exit 0 = all runs complete,
-    1 = some runs failed, 2 = a user error."""
+    1 = some runs failed, 2 = a user error, 3 = none failed but another sweep is running some,
+    130 = interrupted (Ctrl-C / SIGTERM). The previous SIGTERM handler is restored on return."""
     args = build_sweep_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill PID` stops the workers too
+    try:
+        return _sweep_main(args)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _sweep_main(args: argparse.Namespace) -> int:
     try:
         sweep = load_sweep(args.sweep, out=args.out, data_root=args.data_root, weights=args.weights)
         if args.dry_run:
-            for r in sweep.expand():
-                print(f"{'done' if is_complete(r) else 'todo'}  {r.id}")
+            _dry_run(sweep)
             return 0
         status = run_sweep(sweep, executor=args.executor, workers=args.workers, address=args.address,
-                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                           ray_timeout=args.ray_timeout)
     except VlpromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -406,7 +603,15 @@ def sweep_main(argv: list[str] | None = None) -> int:
         return 130
     print(f"sweep {sweep.name}: {status['done']}/{status['total']} complete, {status['failed']} failed "
           f"-> {Path(sweep.out) / STATUS_FILE}", file=sys.stderr)
-    return 1 if status["failed"] else 0
+    if status["locked"]:
+        owners = sorted({f"pid {x['pid']} on host {x['host']}" for x in status["locked"]})
+        print(f"{len(status['locked'])} runs are being run by another sweep ({'; '.join(owners)}): run the same "
+              f"command again when it has finished; if that sweep is dead (another host's locks cannot be "
+              f"checked from here), delete the runs' {LOCK_FILE} files listed under 'locked' in "
+              f"{Path(sweep.out) / STATUS_FILE}", file=sys.stderr)
+    if status["failed"]:
+        return 1
+    return EXIT_LOCKED if status["locked"] else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

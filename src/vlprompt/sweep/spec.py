@@ -26,10 +26,15 @@ final seeds of one task); the run directory is ``<out>/<id>``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
 import re
+import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ import yaml
 
 from ..engine.loggers import LOGGING_OPTIONS
 from ..errors import ConfigError
+from ..methods.base import describe_type, value_fits
 
 PROTOCOLS = ("base2new", "few-shot", "multitask", "multitask-base2new", "vtab", "cross-dataset", "domain-gen")
 #: protocols whose datasets are task groups
@@ -144,9 +150,16 @@ class Sweep:
         for t in entries:
             root = t.root if t.root is not None else self.data_root
             if root is None:
-                raise ConfigError(f"target {t.label!r} has no root; set data_root or targets[].root")
+                if not root_free(t.name):
+                    raise ConfigError(f"target {t.label!r} has no root; set data_root or targets[].root "
+                                      "(only tiny/ and real/ suite tasks need none)")
+                root = ""
             out.append((t.name, str(root), t.label))
         return tuple(out)
+
+    def validate(self) -> None:
+        """Check the whole grid against the registries before anything runs (see :func:`validate_sweep`)."""
+        validate_sweep(self)
 
     def expand(self) -> list[SweepRun]:
         """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant.
@@ -161,7 +174,10 @@ class Sweep:
                 for ds in self.datasets:
                     root = ds.root if ds.root is not None else self.data_root
                     if root is None:
-                        raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or datasets[].root")
+                        if not root_free(ds.name):
+                            raise ConfigError(f"dataset {ds.label!r} has no root; set data_root or "
+                                              "datasets[].root (only tiny/ and real/ suite tasks need none)")
+                        root = ""  # read from the vlprompt cache (as the CLI's --root "")
                     dataset = ds.name
                     if protocol in GROUP_PROTOCOLS and dataset.endswith(_GROUP_FILES):  # a group file under the root
                         dataset = os.path.expanduser(dataset)
@@ -211,8 +227,37 @@ def options_hash(method_options: dict[str, Any], train_options: dict[str, Any]) 
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+#: bytes of one path component (most file systems allow 255)
+_MAX_COMPONENT_BYTES = 255
+
+
+def _kept(ch: str) -> bool:
+    if ch.isascii():
+        return ch.isalnum() or ch in "_.+=-"
+    return unicodedata.category(ch)[0] in "LNM"  # letters, digits / numbers, combining marks
+
+
 def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", s).strip("_") or "_"
+    """One safe path component of a run id: letters and digits of any script (NFC-normalised, with their
+    combining marks) and ``_ . + = -``; every other run of characters becomes ``_``.
+
+    ASCII names come out as before (ids of existing sweeps are unchanged); a name of dots only (``.``,
+    ``..``) becomes ``_``, so no component leaves its folder; one over 255 bytes is cut and suffixed with
+    a hash of the whole name. Cleaning a cleaned name changes nothing.
+
+    Example:
+        >>> _safe("формы ü 空 x"), _safe(".."), _safe("a/b c")
+        ('формы_ü_空_x', '_', 'a_b_c')
+    """
+    marked = "".join(ch if _kept(ch) else "\0" for ch in unicodedata.normalize("NFC", str(s)))
+    name = re.sub("\0+", "_", marked).strip("_") or "_"
+    if set(name) == {"."}:
+        name = "_"
+    if len(name.encode()) > _MAX_COMPONENT_BYTES:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        cut = name.encode()[:_MAX_COMPONENT_BYTES - 9].decode(errors="ignore")
+        name = f"{cut}-{digest}"
+    return name
 
 
 def run_id(protocol: str, method: str, dataset: str, shots: int | None, seed: int, preset: str | None = None,
@@ -298,7 +343,11 @@ def _parse_method(m: Any) -> MethodEntry:
         unknown = set(m) - {"name", "options"}
         if unknown:
             raise ConfigError(f"methods entry {m!r}: unknown keys {sorted(unknown)} (expected name, options)")
-        return MethodEntry(str(m["name"]), dict(m.get("options") or {}))
+        options = m.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"methods entry {m!r}: 'options' must be a mapping of method options "
+                              f"(e.g. {{n_ctx: 4}}), got {_kind(options)}")
+        return MethodEntry(str(m["name"]), dict(options))
     raise ConfigError(f"methods entry {m!r}: expected a name or {{name, options}}")
 
 
@@ -307,7 +356,226 @@ def _parse_override(o: Any) -> dict[str, dict[str, Any]]:
         return {}
     if not isinstance(o, dict) or set(o) - {"method", "train"}:
         raise ConfigError(f"overrides entry {o!r}: expected {{method: {{...}}, train: {{...}}}}")
+    for k, v in o.items():
+        if v is not None and not isinstance(v, dict):
+            raise ConfigError(f"overrides entry {o!r}: '{k}' must be a mapping of options, got {_kind(v)}")
     return {k: dict(v or {}) for k, v in o.items()}
+
+
+# ----------------------------------------------------------------------------- typed values of the file
+def _kind(v: Any) -> str:
+    """What a YAML value is, in words (``true`` is a boolean, not a number, although bool ⊂ int in Python)."""
+    if isinstance(v, bool):
+        return f"{v!r} (a boolean)"
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping",
+             type(None): "null"}
+    return f"{v!r} ({names.get(type(v), type(v).__name__)})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_list(data: dict[str, Any], key: str, default: list[Any], positive: bool = False,
+              allow_all: bool = False) -> list[Any]:
+    """``key`` as a list of integers (a scalar is a one-item list); ``allow_all``: ``all`` / null = None."""
+    value = data.get(key)
+    items = _as_list(value, default)
+    expected = ("a positive integer" if positive else "an integer") + (", 'all'" if allow_all else "")
+    out: list[Any] = []
+    for v in items:
+        if allow_all and v in (None, "all"):
+            out.append(None)
+        elif _is_int(v) and (not positive or v >= 1):
+            out.append(v)
+        else:
+            where = f" in {value!r}" if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"sweep: '{key}' must be {expected} or a list of them; got {_kind(v)}{where}")
+    return out
+
+
+def _number(key: str, v: Any, whole: Any, minimum: float | None = None) -> float:
+    """A number of the file; a numeric string is accepted (PyYAML reads ``1e-3`` as a string)."""
+    x: float | None = None
+    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or isinstance(v, str):
+        try:
+            x = float(v)
+        except ValueError:
+            x = None
+    if x is None or not math.isfinite(x) or (minimum is not None and x < minimum):
+        where = f" in {whole!r}" if isinstance(whole, (list, tuple)) else ""
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        raise ConfigError(f"sweep: '{key}' must be a number{bound} or a list of them; got {_kind(v)}{where}")
+    return x
+
+
+def _number_list(key: str, value: Any, minimum: float | None = None) -> list[float]:
+    return [_number(key, v, value, minimum) for v in _as_list(value, [])]
+
+
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    v = data.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ConfigError(f"sweep: '{key}' must be true or false; got {_kind(v)}")
+    return v
+
+
+# ----------------------------------------------------------------------------- option values by field type
+def option_errors(config_cls: type, options: dict[str, Any], where: str) -> list[str]:
+    """Problems of ``options`` for the config dataclass ``config_cls``: unknown names, values whose type
+    does not fit the field (:func:`vlprompt.methods.base.value_fits`, the check ``build_method`` makes).
+    Empty when all are valid.
+
+    Example:
+        >>> from vlprompt.methods.coop import CoOpConfig
+        >>> option_errors(CoOpConfig, {"n_ctx": "four"}, "coop")
+        ["coop: option n_ctx = 'four' (a string); expected int"]
+    """
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    out = []
+    for key, value in options.items():
+        if key not in hints or key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append(f"{where}: unknown option {key!r}{hint}; valid options: {', '.join(sorted(names))}")
+        elif not value_fits(value, hints[key]):
+            out.append(f"{where}: option {key} = {_kind(value)}; expected {describe_type(hints[key])}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the grid vs the registries
+def root_free(name: str) -> bool:
+    """Whether dataset ``name`` is read from the vlprompt cache whatever its root: ``tiny/`` and ``real/``
+    suite tasks, ``tiny-group/`` groups and comma-separated groups of those.
+
+    Example:
+        >>> root_free("tiny/shapes"), root_free("tiny-group/synthetic"), root_free("eurosat")
+        (True, True, False)
+    """
+    from ..data import canonical_name
+    from ..data.multitask import TINY_GROUP_PREFIX
+
+    s = str(name).strip()
+    if s.startswith(TINY_GROUP_PREFIX):
+        return True
+    if "," in s:
+        members = [m.strip() for m in s.split(",") if m.strip()]
+        return bool(members) and all(root_free(m) for m in members)
+    try:
+        return canonical_name(s).startswith(("tiny/", "real/"))
+    except ConfigError:
+        return False
+
+
+def _dataset_problem(name: str, group: bool) -> str | None:
+    """Why ``name`` is not a dataset (or, under the multitask protocols, a task group); None when it is."""
+    from ..data import canonical_name, list_datasets
+    from ..data.multitask import TINY_GROUP_PREFIX
+    from ..data.tiny.suite import SPECS
+
+    s = str(name).strip()
+    if group and s.startswith(TINY_GROUP_PREFIX):
+        groups = sorted({spec.group for spec in SPECS if spec.group})
+        g = s[len(TINY_GROUP_PREFIX):]
+        return None if g in groups else (f"{s!r}: the tiny suite has no task group {g!r}; expected one of "
+                                         + ", ".join(TINY_GROUP_PREFIX + x for x in groups))
+    if group and "," in s:
+        bad = [p for m in s.split(",") if m.strip() for p in [_dataset_problem(m.strip(), False)] if p]
+        return "; ".join(bad) or None
+    if group:
+        return None  # SoftCPT's named groups, group files: read under the root when the run starts
+    try:
+        canonical_name(s)
+        return None
+    except ConfigError:
+        close = difflib.get_close_matches(s, list_datasets(), n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        return f"{s!r}: unknown dataset{hint}; `vlprompt datasets` lists the registered names"
+
+
+def validate_sweep(sweep: Sweep) -> None:
+    """Check every entry of the grid before anything runs or is written: method names (plug-in
+    combinations such as ``coop+dept`` included), each method's options against its ``Config`` fields
+    and their types (``methods[].options`` and ``overrides.method``), training options against
+    ``TrainConfig``, presets, dataset and target names against the dataset registry (task groups under
+    the multitask protocols), and that every dataset has a root (``tiny/`` / ``real/`` need none).
+
+    Raises:
+        ConfigError: one message listing every offending entry.
+
+    Example:
+        >>> load_sweep("sweep.yaml").validate()
+    """
+    from ..engine.config import TrainConfig
+    from ..engine.loggers import normalize_log_to
+    from ..methods.base import get_method_class, list_methods, plugin_config
+    from ..presets import resolve_preset
+
+    problems: list[str] = []
+
+    def add(problem: str) -> None:
+        if problem not in problems:
+            problems.append(problem)
+
+    names = list_methods()
+    methods = [n for n in names if not n.startswith("+")]
+    plugins = [n[1:] for n in names if n.startswith("+")]
+    for m in sweep.methods:
+        base, *plugs = m.name.split("+")
+        try:
+            cls = get_method_class(base)
+        except ConfigError:
+            close = difflib.get_close_matches(base, methods, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            add(f"methods: {m.name!r}: unknown method {base!r}{hint}; expected one of {', '.join(methods)}")
+            continue
+        unknown = [p for p in plugs if p not in plugins]
+        if unknown:
+            add(f"methods: {m.name!r}: unknown plug-in(s) {unknown}; expected <method>"
+                + "".join(f"[+{p}]" for p in plugins))
+            continue
+        configs = [(base, cls.Config)] + [(p, plugin_config(p)) for p in plugs]
+        for ov in sweep.overrides:
+            for where, opts in ((f"methods: {m.name} options", m.options),
+                                (f"overrides.method (for {m.name})",
+                                 {k: v for k, v in ov.get("method", {}).items() if k not in m.options})):
+                own = {p: {k: v for k, v in opts.items() if k.startswith(f"{p}_")} for p in plugs}
+                taken = {k for o in own.values() for k in o}
+                split = {base: {k: v for k, v in opts.items() if k not in taken}, **own}
+                for name, config in configs:
+                    if config is not None and split[name]:
+                        for problem in option_errors(config, split[name], where):
+                            add(problem)
+        for preset in sweep.presets:
+            try:
+                resolve_preset(m.name, preset)
+            except ConfigError as e:
+                add(f"presets: {e}")
+    for ov in sweep.overrides:
+        train = {k: v for k, v in ov.get("train", {}).items() if k != "log_to"}
+        for problem in option_errors(TrainConfig, train, "overrides.train"):
+            add(problem)
+        if "log_to" in ov.get("train", {}):
+            try:
+                normalize_log_to(ov["train"]["log_to"])
+            except ConfigError as e:
+                add(f"overrides.train: {e}")
+    group = bool(set(sweep.protocols) & set(GROUP_PROTOCOLS))
+    for key, entries, is_group in (("datasets", sweep.datasets, group), ("targets", sweep.targets, False)):
+        for d in entries:
+            problem = _dataset_problem(d.name, is_group)
+            if problem:
+                add(f"{key}: {problem}")
+            elif d.root is None and sweep.data_root is None and not root_free(d.name):
+                add(f"{key}: {d.label!r} has no root; set data_root or {key}[].root "
+                    "(only tiny/ and real/ suite tasks need none)")
+    if problems:
+        raise ConfigError(f"sweep {sweep.name!r}: {len(problems)} invalid "
+                          f"{'entry' if len(problems) == 1 else 'entries'} (nothing was run):\n  "
+                          + "\n  ".join(problems))
 
 
 def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Sweep:
@@ -337,12 +605,12 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         raise ConfigError(f"sweep: {given} apply to protocol vtab only")
     if vtab and data.get("shots") not in (None, "all", [None], ["all"]):
         raise ConfigError("sweep: protocol vtab uses the full train800 / val200 splits; remove 'shots'")
-    shots = [None if s in (None, "all") else int(s) for s in _as_list(data.get("shots"), [16])]
-    seeds = [int(s) for s in _as_list(data.get("seeds"), list(_VTAB_SEEDS) if vtab else [1])]
+    shots = _int_list(data, "shots", [16], positive=True, allow_all=True)
+    seeds = _int_list(data, "seeds", list(_VTAB_SEEDS) if vtab else [1])
     if not seeds:
         raise ConfigError("sweep: 'seeds' must not be empty")
-    lrs = [float(v) for v in _as_list(data["lrs"], [])] if data.get("lrs") is not None else None
-    wds = [float(v) for v in _as_list(data["wds"], [])] if data.get("wds") is not None else None
+    lrs = _number_list("lrs", data["lrs"], 0.0) if data.get("lrs") is not None else None
+    wds = _number_list("wds", data["wds"], 0.0) if data.get("wds") is not None else None
     if lrs == [] or wds == []:
         raise ConfigError("sweep: 'lrs' / 'wds' must not be empty (omit them for VPT's grid)")
     prune = _parse_prune(data.get("prune"))
@@ -376,10 +644,10 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         methods=[_parse_method(m) for m in _as_list(data["methods"], [])], datasets=datasets,
         protocols=protocols, shots=shots, seeds=seeds, presets=presets, overrides=overrides,
         backbone=str(data.get("backbone") or "tiny-clip"), weights=resolve(data.get("weights")),
-        trust_checkpoint=bool(data.get("trust_checkpoint", False)), data_root=resolve(data.get("data_root")),
+        trust_checkpoint=_bool(data, "trust_checkpoint", False), data_root=resolve(data.get("data_root")),
         out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
         cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
-        lrs=lrs, wds=wds, scale_lr=bool(data.get("scale_lr", True)), prune=prune, targets=targets,
+        lrs=lrs, wds=wds, scale_lr=_bool(data, "scale_lr", True), prune=prune, targets=targets,
     )
 
 
@@ -394,13 +662,15 @@ def _parse_prune(value: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for key in ("token_levels", "piece_levels"):
         if key in value:
-            levels = [float(v) for v in _as_list(value[key], [])]
+            levels = _number_list(f"prune.{key}", value[key])
             if not levels:
                 raise ConfigError(f"sweep: prune.{key} must not be empty")
             out[key] = levels
     for key in ("min_tokens", "min_pieces"):
         if key in value:
-            out[key] = int(value[key])
+            if not _is_int(value[key]):
+                raise ConfigError(f"sweep: 'prune.{key}' must be an integer; got {_kind(value[key])}")
+            out[key] = value[key]
     return out
 
 
