@@ -10,6 +10,8 @@ import logging
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +40,17 @@ def _train(tiny_bb, root, cache_dir, run_dir, on_epoch_end=None, **kw):
     model = vp.build_method("coop", tiny_bb, _task(root).classnames, n_ctx=4)
     return vp.fit(model, _task(root), run_dir=str(run_dir), on_epoch_end=on_epoch_end, cache_dir=cache_dir,
                   **TRAIN, **kw)
+
+
+def _train_killed_after(killed_epoch, tiny_bb, root, cache_dir, run_dir):
+    """Train until the end of epoch ``killed_epoch`` (its checkpoint written), then die."""
+
+    def kill(epoch, _):
+        if epoch == killed_epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(tiny_bb, root, cache_dir, run_dir, on_epoch_end=kill)
 
 
 def _rows(run_dir):
@@ -101,13 +114,7 @@ def test_kill_between_checkpoint_and_metrics_write(killed_epoch, tiny_bb, shapes
 def test_checkpoint_without_metrics_rows_still_resumes(tiny_bb, shapes_root, cache_dir, tmp_path, full_run):
     """Checkpoints written before they carried the metrics: the rows come from metrics.jsonl."""
     out = tmp_path / "run"
-
-    def kill_after_epoch_1(epoch, _):
-        if epoch == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        _train(tiny_bb, shapes_root, cache_dir, out, on_epoch_end=kill_after_epoch_1)
+    _train_killed_after(1, tiny_bb, shapes_root, cache_dir, out)
     path = out / "checkpoint" / "last.pt"
     state = torch.load(path, weights_only=True)
     assert [r["epoch"] for r in state.pop("metrics")] == [0, 1]
@@ -119,13 +126,7 @@ def test_checkpoint_without_metrics_rows_still_resumes(tiny_bb, shapes_root, cac
 def test_truncated_last_checkpoint_falls_back_to_previous(tiny_bb, shapes_root, cache_dir, tmp_path, full_run,
                                                           caplog):
     out = tmp_path / "run"
-
-    def kill_after_epoch_2(epoch, _):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        _train(tiny_bb, shapes_root, cache_dir, out, on_epoch_end=kill_after_epoch_2)
+    _train_killed_after(2, tiny_bb, shapes_root, cache_dir, out)
     assert int(torch.load(out / "checkpoint" / "prev.pt", weights_only=True)["epoch"]) == 1
     _truncate(out / "checkpoint" / "last.pt")
     with caplog.at_level(logging.WARNING, logger="vlprompt.engine.run"):
@@ -309,13 +310,27 @@ def test_leftover_temp_files_of_dead_writers_are_removed(tiny_bb, shapes_root, c
     (out / "checkpoint").mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, never reaped until the end
+    reused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # alive, started late
     alive = os.getppid()
     stale = [out / f".metrics.jsonl.tmp{dead.pid}", out / "checkpoint" / f".last.pt.tmp{dead.pid}",
-             out / ".prompt.safetensors.tmp", out / f".config.yaml.tmp{os.getpid()}"]
+             out / ".prompt.safetensors.tmp", out / f".config.yaml.tmp{os.getpid()}",
+             out / f".prompt.json.tmp{zombie.pid}", out / f".log.txt.tmp{reused.pid}"]
     kept = out / f".results.json.tmp{alive}"
     for p in [*stale, kept]:
         p.write_bytes(b"half")
-    _train(tiny_bb, shapes_root, cache_dir, out)
+    old = time.time() - 3600  # written an hour before the process now holding that pid started
+    os.utime(out / f".log.txt.tmp{reused.pid}", (old, old))
+    deadline = time.time() + 10
+    while not Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    try:
+        _train(tiny_bb, shapes_root, cache_dir, out)
+    finally:
+        reused.kill()
+        reused.wait()
+        zombie.wait()
     assert _temps(out) == [kept.name]
     assert "removed leftover temp files" in (out / "log.txt").read_text()
 

@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from ..errors import CheckpointError, OutputError
+from ..workers import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -93,24 +94,21 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             raise
 
 
-def _pid_alive(pid: int) -> bool:
+def _writer_alive(path: Path, pid: int) -> bool:
     if pid == os.getpid():
         return False  # ours, from before: this process writes nothing while it cleans up
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
+        written_at = path.stat().st_mtime
     except OSError:
-        return True
-    return True
+        return False
+    return pid_alive(pid, written_at=written_at)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove leftover temp files ``.<name>.tmp<pid>`` in ``folder`` whose writer is gone.
 
-    A file of a live process is kept; one without a pid (older versions) is removed.
+    A file of a live process is kept; one whose pid is dead, a zombie or reused by a process started after
+    the file was written is removed, as is one without a pid (older versions).
     Returns the removed paths.
     """
     removed = []
@@ -118,7 +116,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         return removed
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m is None or not p.is_file() or (m.group(1) and _pid_alive(int(m.group(1)))):
+        if m is None or not p.is_file() or (m.group(1) and _writer_alive(p, int(m.group(1)))):
             continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -25,26 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlprompt.workers import pid_alive, proc_start
+
 LOCK_FILE = "sweep.lock"
 #: a lock file without readable content older than this is the remains of a crashed writer
 _EMPTY_STALE_SECONDS = 30.0
-
-
-def _proc_start(pid: int) -> str | None:
-    """Start time of ``pid`` (clock ticks since boot, Linux ``/proc``), to tell a reused pid; None elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def _boot_id() -> str | None:
@@ -76,7 +61,7 @@ def lock_info() -> dict[str, Any]:
     """What this process writes into a lock."""
     pid = os.getpid()
     return {"pid": pid, "host": hostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "pid_start": _proc_start(pid), "boot_id": _boot_id(), "token": uuid.uuid4().hex}
+            "pid_start": proc_start(pid), "boot_id": _boot_id(), "token": uuid.uuid4().hex}
 
 
 def owner_alive(info: dict[str, Any]) -> bool | None:
@@ -89,16 +74,8 @@ def owner_alive(info: dict[str, Any]) -> bool | None:
     pid = info.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's process
-    if _proc_state(pid) == "Z":
-        return False  # exited, not yet reaped
-    start = _proc_start(pid)
-    return not (info.get("pid_start") and start and start != info["pid_start"])  # a reused pid: not the owner
+    pid_start = info.get("pid_start")
+    return pid_alive(pid, pid_start=pid_start if isinstance(pid_start, str) else None)
 
 
 def describe(info: dict[str, Any]) -> str:
