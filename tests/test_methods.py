@@ -181,3 +181,23 @@ def test_c_search_follows_grid_then_bisection():
     assert tried[len(C_GRID)] == pytest.approx(grid_best / 10)
     assert tried[len(C_GRID) + 1] == pytest.approx(grid_best * 10)
     assert best in [c for c, _ in trace]
+
+
+@pytest.mark.parametrize("dataset", ["imagenet", "dtd"])
+def test_zeroshot_ensemble_templates_agree_between_api_and_protocol(dataset, tiny_bb, tmp_path, monkeypatch):
+    """CoOp's ZeroshotCLIP2: the 7 select templates, plus the dataset's own unless it is ImageNet."""
+    from data_fixtures import BUILDERS
+    from vlprompt.data import IMAGENET_SELECT_TEMPLATES, TEMPLATES, load_dataset
+    from vlprompt.protocols import runs
+
+    expected = list(IMAGENET_SELECT_TEMPLATES) + ([] if dataset == "imagenet" else [TEMPLATES[dataset]])
+    BUILDERS[dataset](tmp_path / "data")
+    task = load_dataset(dataset, tmp_path / "data")
+    api = vp.build_method("zeroshot", tiny_bb, task.classnames, template=task.template, ensemble=True,
+                          dataset=task.name)
+    seen = []
+    monkeypatch.setattr(runs, "_BACKBONES", {("tiny-clip", None, False, "cpu"): tiny_bb})
+    runs.train_run(runs.RunSpec("zeroshot", dataset, str(tmp_path / "data"), out=str(tmp_path / "run"), shots=None,
+                                device="cpu", method_options={"ensemble": True}),
+                   setup=lambda m: seen.append(m.templates()))
+    assert api.templates() == seen[0] == expected

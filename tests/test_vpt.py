@@ -250,3 +250,39 @@ def test_vpt_deep_dept_loss_and_fusion_formula(tiny_bb):
     model.set_classnames(["purple cross", "yellow star"])  # new classes: the ITM (text) head alone
     with torch.no_grad():
         assert model(images).shape == (4, 2)
+
+
+def _reference_sgd(model, lr: float, wd: float, momentum: float) -> torch.optim.SGD:
+    """VPT's ``make_optimizer`` with SGD: one group per trainable parameter, weight decay 0 for the
+    head's bias (``last_layer.bias`` there: the head is ``head.last_layer``; ``head.bias`` here)."""
+    groups = [{"params": [p], "lr": lr, "weight_decay": 0.0 if name == "head.bias" else wd}
+              for name, p in model.named_parameters() if p.requires_grad]
+    return torch.optim.SGD(groups, lr, momentum=momentum, weight_decay=wd)
+
+
+@pytest.mark.parametrize("name", ["vpt-shallow", "vpt-deep", "e2vpt"])
+def test_optimizer_steps_equal_the_reference_grouping(timm_bb, name):
+    import copy
+
+    from vlprompt.engine.config import TrainConfig
+    from vlprompt.engine.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    model = vp.build_method(name, timm_bb, NAMES, num_tokens=2)
+    ref = copy.deepcopy(model)
+    lr, wd = 12.5, 1e-2  # the grid's large learning rates: decay on the bias would move it visibly
+    ours = build_optimizer(model.param_groups(lr), TrainConfig.from_kwargs(optimizer="sgd", lr=lr, weight_decay=wd,
+                                                                           momentum=0.9))
+    theirs = _reference_sgd(ref, lr, wd, 0.9)
+    images = torch.randn(4, 3, timm_bb.image_size, timm_bb.image_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    for _ in range(3):
+        for m, opt in ((model, ours), (ref, theirs)):
+            opt.zero_grad()
+            F.cross_entropy(m(images), labels).backward()
+            opt.step()
+    for (_, a), (_, b) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        if a.requires_grad:
+            assert_fp32_close(a, b)
+    decayed = [g.get("weight_decay", wd) for g in ours.param_groups if any(p is model.head.bias for p in g["params"])]
+    assert decayed == [0.0]

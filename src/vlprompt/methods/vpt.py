@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +176,18 @@ class VPT(PromptMethod):
         else:
             self.head = vpt_head(backbone.embed_dim, len(classnames), device)
         self.train(False)
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        """Every trainable parameter at ``base_lr``; the linear head's bias without weight decay.
+
+        VPT's ``make_optimizer`` (SGD, the released configs) gives each parameter its own group and sets
+        weight decay 0 for ``last_layer.bias``, the head's bias (initialised at ``-log 99``).
+        """
+        if self.head is None:
+            return super().param_groups(base_lr)
+        bias = self.head.bias
+        rest = [p for p in self.trainable_parameters() if p is not bias]
+        return [{"params": rest, "lr": base_lr}, {"params": [bias], "lr": base_lr, "weight_decay": 0.0}]
 
     def _build_class_features(self) -> None:
         """Normalised frozen text features of the template for every class (non-persistent buffer)."""

@@ -20,7 +20,10 @@ class ZeroShotConfig:
     Attributes:
         template: the hand-crafted template with ``{}`` for the class name (the dataset's).
         ensemble: average normalised text features over the 7 selected ImageNet templates
-            plus ``template`` (CoOp's ZeroshotCLIP2), then renormalise.
+            plus ``template`` (CoOp's ZeroshotCLIP2), then renormalise; for ``dataset="imagenet"``
+            the 7 alone, as ZeroshotCLIP2 leaves ImageNet's own template out.
+        dataset: canonical dataset name (``task.name``) for the ensemble rule above; the protocols
+            set it, API users of ``ensemble`` on ImageNet pass it.
         templates: an explicit template list to average instead (e.g.
             ``vlprompt.data.ensemble_templates("imagenet")``: the 7 without the dataset's own,
             as the reference does for ImageNet). Overrides ``template`` and ``ensemble``.
@@ -28,6 +31,7 @@ class ZeroShotConfig:
 
     template: str = "a photo of a {}."
     ensemble: bool = False
+    dataset: str = ""
     templates: tuple[str, ...] = ()
 
 
@@ -53,7 +57,7 @@ class ZeroShot(PromptMethod):
             return list(self.config.templates)
         if not self.config.ensemble:
             return [self.config.template]
-        return ensemble_templates("", self.config.template)
+        return ensemble_templates(self.config.dataset, self.config.template)
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)

@@ -106,6 +106,8 @@ def train_run(
         method_opts.setdefault("template", own)  # KgCoOp's own DTD template differs from CoOp's
     if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
         method_opts.setdefault("tasks", task_structure(task))
+    if "dataset" in fields:  # zero-shot: the dataset's ensemble rule (ImageNet: the 7 select templates)
+        method_opts.setdefault("dataset", task.name)
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
