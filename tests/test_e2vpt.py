@@ -142,3 +142,24 @@ def test_prune_and_rewind_end_to_end(timm_bb, shapes_root, cache_dir):
     assert best is not model and best.token_mask.sum() == 2
     assert (best.piece_mask == 0).sum(-1).tolist() == [int(8 * out["piece_pct"] / 100)] * 4
     assert 0.0 <= out["val_acc"] <= 100.0 and len(out["token_scores"]) == 4
+
+
+def test_kv_dropout_never_fires_by_default_as_in_the_reference(timm_bb):
+    """The reference's ``train()`` keeps the encoder (where KV dropout lives) in eval mode."""
+    from vlprompt.errors import VlpromptWarning
+
+    with pytest.warns(VlpromptWarning, match="kv_dropout_in_training=True"):
+        model = vp.build_method("e2vpt", timm_bb, ["a", "b"], num_tokens=2, num_kv_tokens=3, kv_dropout=0.5)
+    model.train(True)
+    kv = model.visual_prompts().kv
+    assert all(torch.equal(kv[i].key, model.kv_prompt[i]) for i in kv)
+    active = vp.build_method("e2vpt", timm_bb, ["a", "b"], num_tokens=2, num_kv_tokens=3, kv_dropout=0.5,
+                             kv_dropout_in_training=True)
+    active.train(True)
+    torch.manual_seed(0)
+    key = active.visual_prompts().kv[0].key
+    kept = key != 0
+    assert 0 < kept.float().mean() < 1  # inverted dropout: zeros, the rest scaled by 1 / (1 - p)
+    assert_fp32_close(key[kept], 2 * active.kv_prompt[0][kept])
+    active.train(False)
+    assert torch.equal(active.visual_prompts().kv[0].key, active.kv_prompt[0])

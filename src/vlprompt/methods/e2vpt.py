@@ -8,7 +8,8 @@ visual prompts:
 * key-value prompts: in every block, ``num_kv_tokens`` = N_kv tokens prepended to the projected
   keys and values of the self-attention (queries unchanged), one tensor per layer shared by K
   and V (``share_kv``), Kaiming-uniform init as the reference (``ORIGIN_INIT=2``: per layer a
-  ``(heads, N_kv, d_h)`` tensor, bound ``sqrt(6 / (N_kv·d_h))``), dropout ``kv_dropout`` (0.0);
+  ``(heads, N_kv, d_h)`` tensor, bound ``sqrt(6 / (N_kv·d_h))``), dropout ``kv_dropout`` (0.0;
+  off in training unless ``kv_dropout_in_training``, as in the reference);
 * masks: a token mask γ ``(N_p,)`` and a segment mask ρ ``(N_p, pieces)`` multiply the visual
   prompts of every layer (after dropout); ``segments="strided"`` (the reference code: piece j
   covers dims j, j+pieces, ...) or ``"contiguous"`` (width/pieces-dim chunks). Masks are fixed
@@ -28,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone, KVPrompt, VisualPrompts
-from ..errors import ConfigError
+from ..errors import ConfigError, VlpromptWarning
 from .base import register_method
 from .vpt import VPTDeep, VPTDeepConfig
 
@@ -53,7 +55,11 @@ class E2VPTConfig(VPTDeepConfig):
         num_tokens: visual prompt tokens N_p per layer (10 for most VTAB tasks; 5 on FGVC).
         dropout: visual prompt dropout (``DROPOUT_P`` 0.1).
         num_kv_tokens: key-value prompt tokens N_kv per layer (5 for most tasks).
-        kv_dropout: dropout on the key-value prompts (``DROPOUT`` 0.0).
+        kv_dropout: dropout rate on the key-value prompts (``DROPOUT`` 0.0); it acts only with
+            ``kv_dropout_in_training``.
+        kv_dropout_in_training: apply ``kv_dropout`` in training mode. False (the reference): the
+            released model's ``train()`` keeps the encoder, where this dropout lives, in eval mode, so
+            it never fires whatever ``DROPOUT`` says; a non-zero ``kv_dropout`` then warns.
         share_kv: one tensor per layer for both K and V (``SHARE_PARAM_KV``, True).
         pieces: segments per visual prompt token (``CLS_TOKEN_P_PIECES_NUM`` 16).
         segments: ``"strided"`` (the reference code's tiling) or ``"contiguous"``.
@@ -64,6 +70,7 @@ class E2VPTConfig(VPTDeepConfig):
     dropout: float = 0.1
     num_kv_tokens: int = 5
     kv_dropout: float = 0.0
+    kv_dropout_in_training: bool = False
     share_kv: bool = True
     pieces: int = 16
     segments: Literal["strided", "contiguous"] = "strided"
@@ -75,6 +82,10 @@ class E2VPTConfig(VPTDeepConfig):
             raise ConfigError(f"e2vpt num_kv_tokens must be >= 0, got {self.num_kv_tokens}")
         if not 0.0 <= self.kv_dropout < 1.0:
             raise ConfigError(f"e2vpt kv_dropout must be in [0, 1), got {self.kv_dropout}")
+        if self.kv_dropout and not self.kv_dropout_in_training:
+            warnings.warn(f"e2vpt kv_dropout={self.kv_dropout} has no effect, as in the reference (its encoder "
+                          "stays in eval mode in training); pass kv_dropout_in_training=True to apply it",
+                          VlpromptWarning, stacklevel=2)
         if self.pieces < 1:
             raise ConfigError(f"e2vpt pieces must be >= 1, got {self.pieces}")
         if self.segments not in ("strided", "contiguous"):
@@ -115,7 +126,7 @@ class E2VPT(VPTDeep):
         self.kv_prompt = nn.Parameter(_kv_init(n_layers, heads, n_kv, width // heads, device))
         if not config.share_kv:
             self.kv_value = nn.Parameter(_kv_init(n_layers, heads, n_kv, width // heads, device))
-        self.kv_dropout = nn.Dropout(config.kv_dropout)
+        self.kv_dropout = nn.Dropout(config.kv_dropout if config.kv_dropout_in_training else 0.0)
         self.register_buffer("token_mask", torch.ones(config.num_tokens, device=device))
         self.register_buffer("piece_mask", torch.ones(config.num_tokens, config.pieces, device=device))
         self.train(False)
