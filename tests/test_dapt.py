@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vlprompt as vp
-from vlprompt.data.masks import DiskMasks, PairedTrainTransform, mask_to_array, read_mask
+from vlprompt.data.masks import DiskMasks, PairedTrainTransform, labels_to_foreground, mask_to_array, read_mask
 from vlprompt.data.selection import herding_select, kcenter_greedy, select_indices
 from vlprompt.data.task import Sample
 from vlprompt.data.transforms import CLIP_MEAN, CLIP_STD
@@ -333,3 +333,74 @@ def test_cli_data_efficient(tmp_path, cache_dir, capsys):
     summary = json.loads((out / "data_efficient.json").read_text())
     assert summary["selection"] == "kcenter" and summary["runs"][0]["n_train"] == 20  # 2 of 4 per class
     assert "0.5" in (out / "data_efficient.md").read_text()
+
+
+def _reference_disk_mask(mask_path, image: Image.Image, size: int) -> torch.Tensor:
+    """DAPT's DatasetWrapperMask + ComposePair re-derived: read as RGB, ``resize`` to the image with
+    PIL's default filter, the image's RandomResizedCrop box and flip coin (same torch draws), bicubic,
+    then first channel, 255 -> 0, > 1 -> 1 (on float16 values)."""
+    from torchvision import transforms as T
+    from torchvision.transforms import functional as TF
+
+    mask = Image.open(mask_path).convert("RGB").resize(image.size)
+    top, left, h, w = T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3.0 / 4.0, 4.0 / 3.0])
+    mask = TF.resized_crop(mask, top, left, h, w, [size, size], T.InterpolationMode.BICUBIC)
+    if torch.rand(1) < 0.5:
+        mask = TF.hflip(mask)
+    m = torch.from_numpy(np.array(mask, dtype=np.float16)).permute(2, 0, 1)[:1]
+    m[m == 255] = 0
+    m[m > 1] = 1
+    return m.float()
+
+
+@pytest.mark.parametrize("kind", ["label_map", "rgb_label_map"])
+def test_disk_masks_are_resampled_then_thresholded_as_the_reference(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    labels = np.zeros((19, 29), np.uint8)  # a smaller mask: resized to the image first
+    labels[3:12, 5:20] = 7
+    labels[12:16, 2:9] = 1
+    labels[0, :] = 255  # void
+    (tmp_path / "mask").mkdir()
+    path = tmp_path / "mask" / "img.png"
+    if kind == "label_map":
+        Image.fromarray(labels, "L").save(path)
+    else:
+        Image.fromarray(np.stack([labels, 255 - labels, labels // 2], -1), "RGB").save(path)  # first channel counts
+    disk = DiskMasks([Sample(str(tmp_path / "images" / "img.png"), 0, "a")], tmp_path / "images", tmp_path / "mask")
+    t = PairedTrainTransform(32)
+    edges = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        _, ours = t(image, disk(0, image), labels=disk.labels)
+        torch.manual_seed(seed)
+        ref = _reference_disk_mask(path, image, 32)
+        assert torch.equal(ours, ref), seed
+        torch.manual_seed(seed)
+        _, nearest = t(image, Image.fromarray(labels_to_foreground(labels) * 255, "L"))
+        edges += int((nearest != ref).sum())
+    assert edges > 0  # the old rule (binarise, then nearest) differs at the edges
+
+
+def test_gradcam_reference_rule_is_the_released_training_path():
+    """DAPT's ``GradCAM.forward_train`` re-derived on seq-first activations ``(L, N, D)``: patch tokens
+    between CLS and the appended prompts, weights = mean patch gradient, bmm, ReLU, bilinear with
+    align_corners=True, divided by the batch maximum + 1e-6, binarised at 0.5."""
+    torch.manual_seed(0)
+    b, p, d, n_ctx, size = 3, 4, 16, 2, 24
+    feat, grad = torch.randn(b, 1 + p * p + n_ctx, d), torch.randn(b, 1 + p * p + n_ctx, d)
+    act, g = feat.permute(1, 0, 2), grad.permute(1, 0, 2)  # (L, N, D), as the hook sees them
+    visual = act[1:-n_ctx]
+    token_gradient = g[1:-n_ctx].mean(0, keepdim=True)
+    ref = F.relu(torch.bmm(visual.permute(1, 0, 2), token_gradient.permute(1, 2, 0))).permute(0, 2, 1)
+    ref = F.interpolate(ref.reshape(b, 1, p, p), size=(size, size), mode="bilinear", align_corners=True)
+    ref = ref / (ref.max() + 1e-6)
+    ref[ref >= 0.5] = 1
+    ref[ref < 0.5] = 0
+    ours = gradcam_from_block(feat, grad, 1, (p, p), (size, size), 0.5, rule="reference")
+    assert torch.equal(ours, ref[:, 0])
+    assert 0 < ours.mean() < 1
+    per_image = gradcam_from_block(feat, grad, 1, (p, p), (size, size), 0.5)
+    assert not torch.equal((per_image > 0).float(), ours)  # the batch maximum changes which pixels survive
+    with pytest.raises(ConfigError, match="gradcam_rule"):
+        DAPTConfig(gradcam_rule="batch")

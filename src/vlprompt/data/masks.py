@@ -14,8 +14,14 @@ The reference's SUN397/ImageNet rule (the absolute image path cut at a fixed dep
 for those datasets, without depending on where the data root lies.
 
 Mask values: 1-bit images and images whose values are only 0 and 255 are binary masks
-(foreground = non-zero); other images are label maps read as the reference does (first
-channel, 0 and 255 = background/void, any other value = foreground).
+(foreground = non-zero); other images are label maps read as the reference does (the image
+converted to RGB, first channel, 0 and 255 = background/void, any other value = foreground).
+
+Resampling of disk masks (DAPT's ``DatasetWrapperMask`` + ``ComposePair``): the mask is kept as
+label values (a binary mask as 0 / 1), resized to the image with PIL's default filter (bicubic),
+cropped / resized with the image's own interpolation (bicubic) and flipped with it, and only then
+thresholded with the label rule above. In-memory masks (Grad-CAM, values in [0, 1]) are
+resampled nearest and keep their values.
 
 Example:
     >>> t = PairedTrainTransform(224)
@@ -61,6 +67,35 @@ def mask_to_array(mask: Image.Image) -> np.ndarray:
     if set(values.tolist()) <= {0, 255}:
         return (arr > 0).astype(np.uint8)
     return ((arr != 0) & (arr != 255)).astype(np.uint8)
+
+
+def _label_values(mask: Image.Image) -> np.ndarray:
+    """The ``uint8`` label values ``(H, W)`` that the reference thresholds after resampling:
+    binary masks as 0 / 1, label maps as the first channel of the RGB image."""
+    arr = np.asarray(mask)
+    if mask.mode == "1":
+        return (arr > 0).astype(np.uint8)
+    first = arr[..., 0] if arr.ndim == 3 else arr
+    if set(np.unique(first).tolist()) <= {0, 255}:
+        return (first > 0).astype(np.uint8)
+    return np.asarray(mask.convert("RGB"))[..., 0].copy()
+
+
+def labels_to_foreground(values: np.ndarray) -> np.ndarray:
+    """The reference's threshold on resampled label values: 0 and 255 are background, the rest foreground."""
+    return ((values != 0) & (values != 255)).astype(np.uint8)
+
+
+def read_mask_labels(path: str | os.PathLike[str]) -> Image.Image:
+    """A mask file as an ``L`` image of label values (binary masks as 0 / 1), for resampling before
+    the threshold (:func:`labels_to_foreground`), as the reference does."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = _label_values(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read mask '{path}': {type(exc).__name__}: {exc}") from exc
+    return Image.fromarray(arr, "L")
 
 
 def read_mask(path: str | os.PathLike[str]) -> Image.Image:
@@ -124,13 +159,18 @@ class DiskMasks:
     def for_task(cls, task: Task) -> DiskMasks:
         return cls(task.train, task.image_dir or task.root, task_mask_dir(task))
 
+    #: masks are label values, thresholded after the paired transform (see the module doc)
+    labels = True
+
     def __call__(self, index: int, image: Image.Image) -> Image.Image:
-        return read_mask(self.paths[index])
+        return read_mask_labels(self.paths[index])
 
 
 class ArrayMasks:
     """Masks held in memory (e.g. Grad-CAM masks of the current epoch): ``{index: uint8 (H, W)}``
     with values 0..255 (255 = 1.0); resized to the image by the paired transform."""
+
+    labels = False
 
     def __init__(self, arrays: dict[int, np.ndarray]) -> None:
         self.arrays = arrays
@@ -142,7 +182,7 @@ class ArrayMasks:
 class PairedTrainTransform:
     """The training transform of an augmentation policy, applied identically to an image and its mask.
 
-    The mask is first resized to the image (nearest); then, by ``augment``
+    The mask is first resized to the image; then, by ``augment``
     (:data:`vlprompt.data.transforms.AUGMENTS`, the task's policy as for every other method):
 
     * ``"clip"``: one ``RandomResizedCrop(size, scale=(0.08, 1))`` box and one horizontal-flip coin
@@ -150,8 +190,11 @@ class PairedTrainTransform:
     * ``"crop"``: one ``RandomResizedCrop(size, scale=(0.5, 1))`` box, no flip;
     * ``"none"``: the test geometry (shorter side resized to ``size``, centre crop), no randomness.
 
-    The image is resampled bicubic, the mask nearest; the image is then normalised (``mean`` /
-    ``std``, CLIP's by default). Returns ``(image (3, S, S), mask (1, S, S) float in [0, 1])``.
+    The image is resampled bicubic and normalised (``mean`` / ``std``, CLIP's by default). A mask of
+    label values (``labels=True``: disk masks, :func:`read_mask_labels`) is resized to the image
+    bicubic (PIL's default, as the reference), cropped bicubic like the image and then thresholded
+    (:func:`labels_to_foreground`); any other mask (0..255 = 0..1) is resampled nearest and keeps its
+    values. Returns ``(image (3, S, S), mask (1, S, S) float in [0, 1])``.
     """
 
     def __init__(
@@ -164,22 +207,29 @@ class PairedTrainTransform:
         self.normalize = T.Normalize(mean, std)
         self.rgb = ToRGB()
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, mask: Image.Image, labels: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.rgb(image)
+        mode = T.InterpolationMode.BICUBIC if labels else T.InterpolationMode.NEAREST
         if mask.size != image.size:
-            mask = mask.resize(image.size, Image.NEAREST)
+            mask = mask.resize(image.size, Image.BICUBIC if labels else Image.NEAREST)
         size = [self.size, self.size]
         if self.augment == "none":
             image = TF.center_crop(TF.resize(image, self.size, T.InterpolationMode.BICUBIC), size)
-            mask = TF.center_crop(TF.resize(mask, self.size, T.InterpolationMode.NEAREST), size)
+            mask = TF.center_crop(TF.resize(mask, self.size, mode), size)
         else:
             scale = TRAIN_SCALE if self.augment == "clip" else MILD_SCALE
             top, left, h, w = T.RandomResizedCrop.get_params(image, list(scale), [3.0 / 4.0, 4.0 / 3.0])
             image = TF.resized_crop(image, top, left, h, w, size, T.InterpolationMode.BICUBIC)
-            mask = TF.resized_crop(mask, top, left, h, w, size, T.InterpolationMode.NEAREST)
+            mask = TF.resized_crop(mask, top, left, h, w, size, mode)
             if self.augment == "clip" and torch.rand(1) < 0.5:
                 image, mask = TF.hflip(image), TF.hflip(mask)
-        return self.normalize(TF.to_tensor(image)), TF.to_tensor(mask)
+        if labels:
+            out = torch.from_numpy(labels_to_foreground(np.asarray(mask))).float()[None]
+        else:
+            out = TF.to_tensor(mask)
+        return self.normalize(TF.to_tensor(image)), out
 
 
 MaskSource = Callable[[int, Image.Image], Image.Image]
@@ -210,5 +260,5 @@ class MaskedImageDataset(Dataset):
         sample = self.samples[index]
         image = open_image(sample, self.split)
         tf = self.transform if isinstance(self.transform, PairedTrainTransform) else self.transform[index]
-        image, mask = tf(image, self.masks(index, image))
+        image, mask = tf(image, self.masks(index, image), labels=getattr(self.masks, "labels", False))
         return image, mask, sample.label, index

@@ -30,7 +30,8 @@ Masks (``masks`` option; two registry names):
 * ``dapt-g`` (DAPT-G, ``masks="gradcam"``): Grad-CAM of the prompted model itself at the last
   ViT block (``ln_1`` output, gradients of ``mean(logits ⊙ onehot(y))`` averaged over the
   patches, ReLU, bilinear upsampling, divided by the per-image maximum, values below 0.5
-  zeroed), recomputed over the training set at the start of every epoch (before training and
+  zeroed; ``gradcam_rule="reference"``: the released training rule, batch maximum and
+  binarised), recomputed over the training set at the start of every epoch (before training and
   after each epoch, as the paper intends) and then paired-transformed like disk masks.
 
 At test time DAPT is MaPLe: logits over the class prompts only. ViT backbones only.
@@ -66,6 +67,7 @@ BACKGROUND_TEMPLATE = "a clean origami {}."
 
 MaskKind = Literal["data", "gradcam"]
 Schedule = Literal["paper", "reference"]
+GradcamRule = Literal["image", "reference"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,13 @@ class DAPTConfig(MaPLeConfig):
         background_classes: the hand-crafted background classes (DAPT's 32 words).
         background_template: their prompt template (``"a clean origami {}."``).
         gradcam_threshold: Grad-CAM values (after division by the maximum) below it are zeroed (0.5).
-        gradcam_batch_size: images per Grad-CAM pass over the training set.
+        gradcam_batch_size: images per Grad-CAM pass over the training set (the reference's
+            ``SELECTION_BATCH_SIZE`` is 50; it matters only with ``gradcam_rule="reference"``).
+        gradcam_rule: how a CAM becomes a training mask. ``"image"``: bilinear upsampling
+            (``align_corners=False``), divided by each image's own maximum, values below the
+            threshold zeroed, the rest kept (a soft mask independent of the batch). ``"reference"``:
+            the released training path (``GradCAM.forward_train``): ``align_corners=True``, divided by
+            the maximum over the whole Grad-CAM batch (+ 1e-6), binarised at the threshold.
     """
 
     masks: MaskKind = "data"
@@ -99,6 +107,7 @@ class DAPTConfig(MaPLeConfig):
     background_template: str = BACKGROUND_TEMPLATE
     gradcam_threshold: float = 0.5
     gradcam_batch_size: int = 32
+    gradcam_rule: GradcamRule = "image"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,6 +120,10 @@ class DAPTConfig(MaPLeConfig):
             raise ConfigError("dapt needs at least one background class")
         if "{}" not in self.background_template:
             raise ConfigError(f"dapt background_template needs a '{{}}': {self.background_template!r}")
+        if self.gradcam_rule not in ("image", "reference"):
+            raise ConfigError(f"dapt gradcam_rule must be 'image' or 'reference', got {self.gradcam_rule!r}")
+        if self.gradcam_batch_size < 1:
+            raise ConfigError(f"dapt gradcam_batch_size must be >= 1, got {self.gradcam_batch_size}")
         if not 0.0 <= self.gradcam_threshold <= 1.0:
             raise ConfigError(f"dapt gradcam_threshold must be in [0, 1], got {self.gradcam_threshold}")
 
@@ -152,19 +165,25 @@ def loss_weights(config: DAPTConfig, epoch: int) -> tuple[float, float, float]:
 
 def gradcam_from_block(
     block_input: torch.Tensor, grad: torch.Tensor, patch_start: int, grid: tuple[int, int],
-    size: tuple[int, int], threshold: float = 0.5,
+    size: tuple[int, int], threshold: float = 0.5, rule: GradcamRule = "image",
 ) -> torch.Tensor:
     """Grad-CAM masks ``(B, H, W)`` from the last block's input ``(B, L, C)`` and its gradient.
 
     Channel weights = gradient averaged over the patch tokens; CAM = ReLU(Σ_c feature · weight)
-    on the patch grid, bilinear-upsampled to ``size``, divided by each image's maximum; values
-    below ``threshold`` become 0 (the rest keep their value: a soft mask).
+    on the patch grid, bilinear-upsampled to ``size``. ``rule="image"``: divided by each image's
+    maximum, values below ``threshold`` become 0, the rest keep their value (a soft mask).
+    ``rule="reference"`` (DAPT's training path): upsampled with ``align_corners=True``, divided by
+    the maximum over the batch + 1e-6, then 1 where ``>= threshold`` and 0 elsewhere.
     """
     rows, cols = grid
     sl = slice(patch_start, patch_start + rows * cols)
     feat, g = block_input[:, sl].float(), grad[:, sl].float()
     weights = g.mean(dim=1, keepdim=True)
     cam = F.relu((feat * weights).sum(-1)).reshape(-1, 1, rows, cols)
+    if rule == "reference":
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=True)[:, 0]
+        cam = cam / (cam.max() + 1e-6)
+        return (cam >= threshold).to(cam.dtype)
     cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
     cam = cam / cam.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     return torch.where(cam >= threshold, cam, torch.zeros_like(cam))
@@ -279,7 +298,7 @@ class DAPT(MaPLe):
             target = (logits * F.one_hot(labels, logits.shape[1]).to(logits.dtype)).mean()
             (grad,) = torch.autograd.grad(target, h)
         return gradcam_from_block(h.detach(), grad, out.patch_start, out.grid, tuple(images.shape[-2:]),
-                                  self.config.gradcam_threshold)
+                                  self.config.gradcam_threshold, self.config.gradcam_rule)
 
     def prepare_epoch(self, epoch: int, samples: list, device: torch.device) -> None:
         """Engine hook at the start of every epoch: remember the epoch (loss schedule); DAPT-G
