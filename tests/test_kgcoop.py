@@ -98,3 +98,20 @@ def test_bad_options(tiny_bb):
         vp.build_method("kgcoop", tiny_bb, NAMES, template="a photo")
     with pytest.raises(ConfigError, match="weight"):
         vp.build_method("kgcoop", tiny_bb, NAMES, weight=-1.0)
+
+
+def test_fp16_targets_are_the_reference_second_clip(tiny_bb):
+    """KgCoOp's reference encodes the targets with a CLIP built in fp16 and never cast back."""
+    import copy
+
+    names = ["a", "b_c", "d"]
+    ours = vp.build_method("kgcoop", tiny_bb, names, target_precision="fp16")
+    half = copy.deepcopy(tiny_bb).half()
+    texts = [f"a photo of a {n.replace('_', ' ')}." for n in names]
+    with torch.no_grad():
+        ref = F.normalize(half.model.encode_text(half.tokenize(texts)), dim=-1).float()
+    assert ours.clip_text_features.dtype == torch.float32
+    assert torch.allclose(ours.clip_text_features, ref, atol=2e-3, rtol=0)
+    fp32 = vp.build_method("kgcoop", tiny_bb, names)
+    assert not torch.equal(ours.clip_text_features, fp32.clip_text_features)  # fp16 rounding
+    assert next(tiny_bb.parameters()).dtype == torch.float32  # the backbone itself is untouched

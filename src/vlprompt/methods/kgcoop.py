@@ -16,7 +16,9 @@ The targets are computed once per class set with the same frozen backbone (its p
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,14 +46,20 @@ class KgCoOpConfig(CoOpConfig):
             CLIP text features are the targets; pass ``task.template`` (KgCoOp's DTD template
             is ``vlprompt.data.templates.KGCOOP_DTD_TEMPLATE``).
         csc, class_token_position: as in CoOp (the reference only has unified context at the end).
+        target_precision: ``"fp32"`` encodes the targets with the backbone as loaded; ``"fp16"``
+            with a temporary fp16 copy of it, as the reference's second CLIP (built in fp16 and never
+            ``.float()``-ed, whatever ``PREC`` says); the targets then carry fp16 rounding.
     """
 
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     weight: float = 8.0
     template: str = "a photo of a {}."
+    target_precision: Literal["fp32", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
+        if self.target_precision not in ("fp32", "fp16"):
+            raise ConfigError(f"kgcoop target_precision must be 'fp32' or 'fp16', got {self.target_precision!r}")
         if self.template.count("{}") != 1:
             raise ConfigError(f"kgcoop template must contain exactly one '{{}}', got {self.template!r}")
         if self.weight < 0:
@@ -93,7 +101,10 @@ class KgCoOp(CoOp):
         """Normalised frozen text features of the template for every class (non-persistent buffer)."""
         texts = [self.config.template.format(clean_classname(c)) for c in self.classnames]
         with torch.no_grad():
-            feats = self.backbone.encode_texts(texts, normalize=True).float()
+            if self.config.target_precision == "fp16":  # the reference's fp16 second CLIP, then dropped
+                feats = copy.deepcopy(self.backbone).half().encode_texts(texts, normalize=True).float()
+            else:
+                feats = self.backbone.encode_texts(texts, normalize=True).float()
         self.register_buffer("clip_text_features", feats, persistent=False)
 
     def set_classnames(self, classnames: list[str]) -> None:
