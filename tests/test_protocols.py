@@ -41,6 +41,47 @@ def test_presets():
         resolve_preset("coop", "papr")
 
 
+def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
+    """The reference pattern: the paper configuration, fp16 CLIP on a GPU / fp32 on CPU, no feature cache,
+    and the reference's own rules (KgCoOp fp16 targets, DAPT loss switch + Grad-CAM rule); VPT in fp32."""
+    import torch
+
+    from vlprompt.engine.config import TrainConfig
+    from vlprompt.engine.precision import resolve_precision
+    from vlprompt.methods.base import _REGISTRY
+
+    trained = sorted(n for n, cls in _REGISTRY.items() if getattr(cls, "needs_training", True)
+                     and n != "linear-probe")
+    assert {"coop", "cocoop", "kgcoop", "maple", "dapt", "dapt-g", "softcpt", "vpt-deep", "e2vpt"} <= set(trained)
+    for name in trained:
+        ref = resolve_preset(name, "reference", shots=16, dataset="dtd")
+        TrainConfig.from_kwargs(**ref["train"])
+        assert ref["train"]["feature_views"] == 0, name
+        vision = name.startswith(("vpt", "e2vpt"))
+        assert ref["train"]["precision"] == ("fp32" if vision else "fp16-gpu"), name
+        if name in ("dapt", "dapt-g"):
+            assert ref["method"]["loss_schedule"] == "reference" and ref["method"]["gradcam_rule"] == "reference"
+            continue
+        paper = resolve_preset(name, "paper", shots=16, dataset="dtd")
+        extra = {"kgcoop": {"target_precision": "fp16"}}.get(name, {})
+        assert ref["method"] == {**paper["method"], **extra}, name
+        assert {k: v for k, v in ref["train"].items() if k not in ("precision", "feature_views")} == paper["train"]
+    assert resolve_precision("fp16-gpu", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp16-gpu", torch.device("cuda")) == "fp16"
+    assert resolve_preset("coop+dept", "reference")["train"]["precision"] == "fp16-gpu"  # plug-ins: the base's
+
+
+def test_reference_preset_trains_end_to_end(shapes_root, cache_dir, tmp_path):
+    from vlprompt.protocols.runs import train_run
+
+    spec = RunSpec("kgcoop", "imagefolder", str(shapes_root), out=str(tmp_path / "run"), shots=2, preset="reference",
+                   device="cpu", train_options={"epochs": 1, "batch_size": 4, "cache_dir": cache_dir})
+    res = train_run(spec)
+    config = RunDir(tmp_path / "run").read_config()
+    assert config["train"]["precision"] == "fp16-gpu" and config["train"]["feature_views"] == 0
+    assert config["method_config"]["target_precision"] == "fp16" and 0 <= res["acc"] <= 100
+
+
 def _spec(root, out, cache_dir, **kw):
     train = {"epochs": 1, "batch_size": 4, "cache_dir": cache_dir}
     return RunSpec("coop", "imagefolder", str(root), out=str(out), shots=2, method_options={"n_ctx": 2},

@@ -62,8 +62,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
     p.add_argument("--warmup-epochs", type=int, help=f"constant warm-up epochs {_default('warmup_epochs')}")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = none {_default('grad_clip')}")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"],
-                   help=f"auto = bf16 where supported {_default('precision')}")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto", "fp16-gpu"],
+                   help=f"auto = bf16 where supported; fp16-gpu = fp16 on CUDA, fp32 elsewhere {_default('precision')}")
     p.add_argument("--feature-views", type=int,
                    help=f"cached augmented views per image, 0 = no cache {_default('feature_views')}")
     p.add_argument("--cache-dir",

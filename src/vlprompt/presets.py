@@ -4,6 +4,13 @@ A preset gives method options and training options; explicit options override it
 each method's original base-to-new / few-shot configuration, ``dept`` the 10-epoch re-run that
 DePT's paper uses for every baseline (and for ``<method>+dept``), ``paper-xd`` MaPLe's
 cross-dataset / domain-generalisation configuration.
+
+``reference`` (every trained method of the seeds) is the original code's whole training pattern on
+top of its ``paper`` configuration: its precision (``fp16-gpu``: fp16 on a GPU, fp32 on CPU; VPT and
+E2VPT train in fp32), a fresh augmentation and image-tower pass every step (``feature_views=0``),
+and the reference's own rules where vlprompt's default differs (KgCoOp's fp16 targets, DAPT's loss
+switch and binarised batch-maximum Grad-CAM masks). What still differs in it is listed in
+docs/deviations.md ("The reference preset").
 """
 
 from __future__ import annotations
@@ -66,6 +73,33 @@ PRESETS["dapt"] = _DAPT
 PRESETS["dapt-g"] = _DAPT
 
 
+#: The training pattern the reference code runs every method with (fp16 CLIP on a GPU, no feature cache).
+_REFERENCE_TRAIN = {"precision": "fp16-gpu", "feature_views": 0}
+#: Method options of the reference's own rules, where vlprompt's defaults differ (docs/deviations.md).
+_REFERENCE_METHOD: dict[str, dict[str, Any]] = {
+    "kgcoop": {"target_precision": "fp16"},  # M22: the second CLIP is fp16
+    "dapt": {"gradcam_rule": "reference", "gradcam_batch_size": 50},  # DA3 (Grad-CAM masks: dapt-g)
+}
+for _name, _table in PRESETS.items():
+    _own = _REFERENCE_METHOD.get(_name, {})
+    if _name == "dapt-g":
+        continue  # the same table as dapt
+    if _name == "dapt":  # the released code's loss switch already: add its mask rule and training pattern
+        for _k in ("reference", "reference-fs"):
+            _table[_k] = {"method": {**_table[_k]["method"], **_own},
+                          "train": {**_table[_k]["train"], **_REFERENCE_TRAIN}}
+    elif "paper" in _table:
+        _table["reference"] = {"method": {**_table["paper"]["method"], **_own},
+                               "train": {**_table["paper"]["train"], **_REFERENCE_TRAIN}}
+# VPT / E2VPT (configs/base-prompt.yaml): SGD momentum 0.9, 100 epochs, batch 128, 10 warm-up epochs, cosine,
+# weight decay 1e-4, fp32; the lr comes from the grid (vlprompt vtab) or the user.
+_VPT_TRAIN = {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "warmup_epochs": 10,
+              "scheduler": "cosine", "weight_decay": 1e-4}
+for _name in ("vpt-shallow", "vpt-deep", "e2vpt"):
+    PRESETS[_name] = {"paper": {"method": {}, "train": dict(_VPT_TRAIN)},
+                      "reference": {"method": {}, "train": {**_VPT_TRAIN, "precision": "fp32", "feature_views": 0}}}
+
+
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""
     if dataset == "imagenet":
@@ -97,6 +131,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
         known = {m: sorted(p) for m, p in PRESETS.items()}
         raise ConfigError(f"no preset {preset!r} for method {base!r}; presets: {known}")
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
-    if base == "coop" and preset == "paper":
+    if base == "coop" and preset in ("paper", "reference"):
         chosen["train"]["epochs"] = coop_epochs(shots, dataset)
     return chosen

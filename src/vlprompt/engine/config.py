@@ -9,7 +9,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .loggers import normalize_log_to
 
-Precision = Literal["fp32", "bf16", "fp16", "auto"]
+Precision = Literal["fp32", "bf16", "fp16", "auto", "fp16-gpu"]
 
 #: Default number of cached augmented views per training image: the smallest N within 0.5 points of
 #: per-step augmentation on the tiny suite (CoOp, 3 seeds; docs/performance.md).
@@ -30,7 +30,8 @@ class TrainConfig:
         warmup_epochs: constant warm-up epochs at ``warmup_lr`` (they count in ``epochs``).
         warmup_lr: warm-up learning rate.
         scheduler: ``cosine`` (over ``epochs``, restarting its count after warm-up) or ``constant``.
-        precision: ``fp32``, ``bf16``/``fp16`` autocast, or ``auto`` (bf16 where supported).
+        precision: ``fp32``, ``bf16``/``fp16`` autocast, ``auto`` (bf16 where supported), or
+            ``fp16-gpu`` (fp16 on CUDA, fp32 elsewhere: the reference code's pattern).
         feature_views: N cached augmented views per training image for methods with a frozen
             image tower; 0 = a fresh augmentation on every step (no cache, reference pattern).
         augment: training augmentation policy (``clip``, ``crop``, ``none``; see
@@ -78,8 +79,8 @@ class TrainConfig:
                 f"invalid training config: epochs={self.epochs} (>= 0), batch_size={self.batch_size} (>= 1), "
                 f"lr={self.lr} (>= 0)"
             )
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise ConfigError(f"precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto", "fp16-gpu"):
+            raise ConfigError(f"precision must be fp32, bf16, fp16, auto or fp16-gpu, got {self.precision!r}")
         if self.optimizer not in ("sgd", "adamw", "adam"):
             raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
         if self.augment is not None and self.augment not in ("clip", "crop", "none"):

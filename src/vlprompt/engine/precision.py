@@ -23,7 +23,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
+    """``auto`` → bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32;
+    ``fp16-gpu`` → fp16 on CUDA, fp32 elsewhere (the reference code: fp16 CLIP on a GPU)."""
+    if precision == "fp16-gpu":
+        return "fp16" if device.type == "cuda" else "fp32"
     if precision != "auto":
         return precision
     if device.type == "cuda":
