@@ -406,6 +406,75 @@ def test_coop_datasets_in_a_group_default_split_and_split_dk(tmp_path):
     assert all(Path(s.path).is_file() for s in group.train + group.test)
 
 
+# SoftCPT's renames, as written in its dataset classes (datasets/eurosat.py, datasets/caltech101.py); the
+# classes apply them after reading the split file, and the prompt learner then replaces "_" by " ".
+REF_EUROSAT_NEW_CNAMES = {
+    "AnnualCrop": "Annual Crop Land", "Forest": "Forest", "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road", "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings", "River": "River",
+    "SeaLake": "Sea or Lake",
+}
+REF_CALTECH_NEW_CNAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
+
+
+def _reference_names(raw, renames):
+    return [(renames[n] if n in renames else n).replace("_", " ") for n in raw]
+
+
+def _dk_file(folder, name, raw, image_subdir, per_class=2):
+    """A one-task split_dk_<name>.json with raw class names; images under ``folder/image_subdir``."""
+    entries = {split: [[f"{c}/{split}_{i}.jpg", [k], [0]] for k, c in enumerate(raw) for i in range(n)]
+               for split, n in (("train", per_class), ("val", 1), ("test", 1))}
+    if image_subdir is not None:
+        _write_images(folder / image_subdir, [e[0] for v in entries.values() for e in v])
+    path = folder / f"split_dk_{name}.json"
+    meta = {"taskid2cname": [raw], "taskid2tname": [f"{name} task"], "taskid2desc": [""]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**entries, "meta": meta}))
+    return path
+
+
+@pytest.mark.parametrize("name, subdir, renames", [("EuroSAT", "2750", REF_EUROSAT_NEW_CNAMES),
+                                                   ("Caltech101", "101_ObjectCategories", REF_CALTECH_NEW_CNAMES)])
+def test_split_dk_renames_and_image_folder_as_the_reference(tmp_path, name, subdir, renames):
+    raw = [*list(renames)[:4], "some_other_class"]
+    path = _dk_file(tmp_path / name.lower(), name, raw, subdir)
+    (task,) = read_split_dk(path)  # a bare file, as `--groups .../split_dk_EuroSAT.json`
+    assert task.classnames == _reference_names(raw, renames)
+    # the reference's read_split joins the entry paths to the dataset class's image folder
+    assert task.train[0].path == str(path.parent / subdir / raw[0] / "train_0.jpg")
+    group = vp.load_dataset(str(path), None, shots=1)
+    assert group.classnames == _reference_names(raw, renames)
+    # a registered dataset's `split: dk` member is renamed by its dataset, whatever the file's name
+    if name == "EuroSAT":
+        other = _dk_file(tmp_path / "x", "mine", raw, subdir)
+        (plain,) = read_split_dk(other, other.parent / subdir)
+        assert plain.classnames == [n.replace("_", " ") for n in raw]  # no SoftCPT class reads split_dk_mine
+        (renamed,) = read_split_dk(other, other.parent / subdir, dataset="eurosat")
+        assert renamed.classnames == _reference_names(raw, renames)
+
+
+def test_split_dk_images_beside_the_file_is_one_error(tmp_path):
+    raw = ["AnnualCrop", "Forest"]
+    path = _dk_file(tmp_path / "eurosat", "EuroSAT", raw, "")  # images in the JSON's folder, not 2750/
+    with pytest.raises(DatasetError, match=r"8 of 8 listed images do not exist under .*2750'.*'2750/' beside"):
+        read_split_dk(path)
+    (task,) = read_split_dk(path, image_dir=path.parent)  # image_dir says where they are
+    assert Path(task.train[0].path).is_file()
+
+
+def test_multitask_checks_every_group_before_training(tiny_suite, cache_dir, tmp_path, capsys):
+    bad = _dk_file(tmp_path / "eurosat", "EuroSAT", ["AnnualCrop", "Forest"], "")
+    out = tmp_path / "mt"
+    argv = ["multitask", "--method", "softcpt-nata", "--groups", "tiny-group/synthetic", str(bad),
+            "--root", str(tiny_suite), "--shots-list", "1", "--seeds", "1", "--out", str(out), "--epochs", "1",
+            "--cache-dir", cache_dir, "-o", "n_ctx=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not exist under" in err[0] and "2750" in err[0]
+    assert not (out / "tiny-group_synthetic").exists()  # the good group did not train first
+
+
 # ------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory):

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--targets", nargs="+", required=cmd == "cross-dataset")
         if cmd == "few-shot":
             p.add_argument("--shots-list", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+            p.add_argument("--repeats", type=int, help="linear-probe: CoOp lpclip's protocol, runs 1..N each "
+                           "resampling the few-shot set (reference: 10); --seeds is then not used")
         else:
             p.add_argument("--shots", type=int, default=16)
         p.add_argument("--root", required=True)
@@ -325,7 +327,7 @@ def cmd_protocol(args: argparse.Namespace) -> None:
     if args.command == "base2new":
         summary = protocols.base2new(_spec(args), args.datasets, seeds, cache_dir=cache)
     elif args.command == "few-shot":
-        summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds)
+        summary = protocols.few_shot(_spec(args), args.datasets, args.shots_list, seeds, repeats=args.repeats)
     elif args.command == "multitask":
         summary = protocols.multitask(_spec(args), args.groups, args.shots_list, seeds, base2new=args.base2new,
                                       baselines=args.baselines)

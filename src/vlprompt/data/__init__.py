@@ -25,6 +25,7 @@ from .fewshot import (
     load_split,
     read_split_meta,
     sample_few_shot,
+    sample_lpclip,
     save_split,
     subsample_classes,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "make_image_folder",
     "register_dataset",
     "sample_few_shot",
+    "sample_lpclip",
     "save_split",
     "subsample_classes",
     "task_structure",

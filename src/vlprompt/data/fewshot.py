@@ -75,6 +75,54 @@ def apply_few_shot(task: Task, shots: int, seed: int) -> Task:
     )
 
 
+#: CoOp ``lpclip``'s val shots per train shot (``val_shot_list``); other K get ``min(K, 4)``.
+LPCLIP_VAL_SHOTS = {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}
+
+
+def _lpclip_draw(samples: Sequence[Sample], labels: Sequence[int], shots: int, rng: Any, split: str,
+                 origin: str) -> list[Sample]:
+    picked: list[Sample] = []
+    have = [s.label for s in samples]
+    for label in labels:
+        idx = [i for i, lab in enumerate(have) if lab == label]  # dataset order, as np.where
+        if len(idx) < shots:
+            raise DatasetError(
+                f"{origin}: class {label} has {len(idx)} {split} images, fewer than the {shots} that the "
+                "lpclip protocol draws without replacement; expected at least that many (or fewer shots)"
+            )
+        picked += [samples[int(i)] for i in rng.choice(idx, size=shots, replace=False)]
+    return picked
+
+
+def sample_lpclip(task: Task, shots: int, seed: int) -> Task:
+    """The few-shot sample of CoOp's ``lpclip/linear_probe.py`` for run ``seed``.
+
+    The reference seeds numpy's global generator with the run number and, for every label present in
+    train (sorted), draws ``shots`` indices with ``np.random.choice(..., replace=False)`` from that
+    label's items in dataset order; then, from the same stream, ``LPCLIP_VAL_SHOTS[shots]`` val items
+    per label. This draws the same indices with a private ``numpy.random.RandomState(seed)`` (the
+    generator behind the global functions), so a task whose train/val lists are in the reference's
+    order (the split file's) gets the reference's sample. A task without val images gets none.
+
+    Raises:
+        ConfigError: invalid ``shots``.
+        DatasetError: a class with fewer train (or val) images than the protocol draws.
+
+    Example:
+        >>> run3 = sample_lpclip(load_dataset("eurosat", "~/data"), shots=16, seed=3)
+    """
+    import numpy as np
+
+    shots = _check_shots(shots)
+    origin = f"dataset '{task.name}'"
+    rng = np.random.RandomState(seed)
+    labels = sorted({s.label for s in task.train})
+    train = _lpclip_draw(task.train, labels, shots, rng, "train", origin)
+    val_shots = LPCLIP_VAL_SHOTS.get(shots, min(shots, VAL_SHOTS_CAP))
+    val = _lpclip_draw(task.val, labels, val_shots, rng, "val", origin) if task.val else []
+    return task.with_splits(train=train, val=val, shots=shots, seed=seed)
+
+
 def class_counts(samples: Sequence[Sample], num_classes: int) -> list[int]:
     """Images per label ``0 .. num_classes - 1`` (0 for a label without images)."""
     counts = [0] * num_classes

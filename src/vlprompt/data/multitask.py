@@ -28,14 +28,18 @@ A group is given as:
 
 A member is a registered dataset name, or a mapping with ``dataset`` (+ optional ``root``,
 ``task_name``, ``metric``, ``split: dk`` to read the dataset folder's ``split_dk_*.json`` instead of
-the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``); ``name``
-renames a single-task member (its key in ``per_task``).
+the registered loader's split) or ``split_dk`` (+ optional ``image_dir``, ``task_name``, and
+``dataset``: the registered dataset whose SoftCPT class reads the file, when its name does not say);
+``name`` renames a single-task member (its key in ``per_task``).
 
 The SoftCPT split format (``split_dk_<Name>.json``) is CoOp's ``save_split`` JSON whose entries are
 ``[relative_path, [label], [task]]`` (a label and a task id, each in a one-element list; plain
 integers are accepted too) plus a ``meta`` block with per-task lists ``taskid2cname`` (class names),
 ``taskid2tname`` (task names), ``taskid2desc``, ``taskid2type`` (only ``"sl"``, single-label) and
-``taskid2metric`` (``overall_acc`` or ``mean_acc``). Missing ``taskid2tname`` is read from
+``taskid2metric`` (``overall_acc`` or ``mean_acc``). As SoftCPT's dataset classes do, the class names
+of Caltech101's and EuroSAT's files are renamed (``Faces`` → ``face``, ``AnnualCrop`` →
+``Annual Crop Land``) and a file's paths start from that class's image folder beside the file
+(:data:`DK_DATASETS`). Missing ``taskid2tname`` is read from
 ``task_name.txt`` beside the file; missing ``taskid2type`` / ``taskid2metric`` default to ``sl`` /
 ``overall_acc``.
 
@@ -57,6 +61,7 @@ import yaml
 
 from vlprompt.errors import ConfigError, DatasetError
 
+from .coop_datasets import EUROSAT_NEW_CNAMES
 from .fewshot import apply_few_shot, check_train_classes, subsample_classes
 from .layout import abspath, check_inside, pretty_classname
 from .named_groups import layout_error, named_group, named_group_members
@@ -86,6 +91,49 @@ DEFAULT_TASK_NAMES: dict[str, str] = {
 DEFAULT_METRICS: dict[str, str] = {
     "caltech101": "mean_acc", "oxford_flowers": "mean_acc", "oxford_pets": "mean_acc", "fgvc_aircraft": "mean_acc",
 }
+
+#: SoftCPT's Caltech101 class renames (``datasets/caltech101.py``, applied after reading a split file).
+CALTECH101_NEW_CNAMES: dict[str, str] = {
+    "airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike",
+}
+
+#: SoftCPT's dataset classes that read a ``split_dk_<Name>.json`` (reference ``datasets/*.py``), by
+#: ``<Name>``: the image folder inside the file's folder that the entries' paths start from ("" = that
+#: folder), and the renames the class applies to the stored class names (Caltech101, EuroSAT). The
+#: ``split: dk`` member of a registered dataset finds its entry by the dataset's registry name.
+DK_DATASETS: dict[str, tuple[str, dict[str, str]]] = {
+    "Caltech101": ("101_ObjectCategories", CALTECH101_NEW_CNAMES),
+    "DescribableTextures": ("images", {}),
+    "EuroSAT": ("2750", EUROSAT_NEW_CNAMES),
+    "Fashion20": ("images", {}),
+    "Food101": ("images", {}),
+    "FruitVegetable": ("images", {}),
+    "kaggle_flower": ("flowers", {}),
+    "KaggleMushroom": ("Mushrooms", {}),
+    "KaggleVegetable": ("images", {}),
+    "OxfordFlowers": ("jpg", {}),
+    "OxfordPets": ("images", {}),
+    "PlantSeedlingV1": ("Nonsegmented", {}),
+    "PlantVillage": ("Plant_leave_diseases_dataset_without_augmentation", {}),
+    "StanfordCars": ("", {}),
+    "SUN397": ("SUN397", {}),
+    "UCF101": ("UCF-101-midframes", {}),
+}
+_DK_ALIASES = {"dtd": "DescribableTextures"}  # registry names that differ from the file's <Name>
+
+
+def dk_reference_dataset(name: str) -> str | None:
+    """The key of :data:`DK_DATASETS` for a split file's ``<Name>`` or a registry name (case, ``-`` and
+    ``_`` ignored), or ``None`` when no SoftCPT dataset class reads it."""
+    def key(s: str) -> str:
+        return s.lower().replace("-", "").replace("_", "")
+
+    k = key(name)
+    for alias, target in _DK_ALIASES.items():
+        if k == key(alias):
+            return target
+    return next((d for d in DK_DATASETS if key(d) == k), None)
+
 
 _DK_FORMAT = ('a JSON object {"train": [[relative_path, [label], [task]], ...], "val": [...], "test": [...], '
               '"meta": {"taskid2cname": [[classname, ...], ...], "taskid2tname": [task name, ...], ...}}')
@@ -139,16 +187,33 @@ def _one_int(value: object, what: str, path: Path, split: str, index: int) -> in
     return value
 
 
-def read_split_dk(path: str | os.PathLike[str], image_dir: str | os.PathLike[str] | None = None) -> list[Task]:
+def read_split_dk(
+    path: str | os.PathLike[str], image_dir: str | os.PathLike[str] | None = None, dataset: str | None = None,
+) -> list[Task]:
     """The tasks of a SoftCPT ``split_dk_<Name>.json`` file, one :class:`Task` each (local labels).
 
-    ``image_dir`` is the folder the relative paths start from (default: ``images/`` beside the file
-    if it exists, else the file's folder).
+    The SoftCPT dataset class that reads the file is found from ``dataset`` (a registry name, e.g.
+    ``"eurosat"``) or else from ``<Name>`` (:data:`DK_DATASETS`); as in the reference, its class
+    renames are applied to the stored class names (``AnnualCrop`` → ``Annual Crop Land``) before
+    underscores become spaces, and its image folder beside the file (``2750/`` for EuroSAT) is where
+    the relative paths start. ``image_dir`` overrides the folder; for a file no SoftCPT class reads, the
+    default is ``images/`` beside the file if it exists, else the file's folder. Every listed image
+    must exist.
 
     Raises:
-        DatasetError: unreadable file, missing keys or a malformed entry (the message names the file).
+        DatasetError: unreadable file, missing keys, a malformed entry, or listed images that do not
+            exist under the image folder (the message names the file and the folder).
+
+    Example:
+        >>> (task,) = read_split_dk("~/data/eurosat/split_dk_EuroSAT.json")   # images in eurosat/2750/
+        >>> task.classnames[0]
+        'Annual Crop Land'
     """
     path = abspath(path)
+    stem = path.stem[len("split_dk_"):] if path.stem.startswith("split_dk_") else path.stem
+    ref = dk_reference_dataset(dataset) if dataset else None
+    ref = ref or dk_reference_dataset(stem)
+    ref_subdir, renames = DK_DATASETS[ref] if ref else (None, {})
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -191,11 +256,13 @@ def read_split_dk(path: str | os.PathLike[str], image_dir: str | os.PathLike[str
         if metric not in METRICS:
             raise DatasetError(f"SoftCPT split file '{path}': task {t} has metric {metric!r}; "
                                f"expected one of {METRICS}")
-    if image_dir is None:
+    if image_dir is None and ref_subdir is not None:
+        image_dir = path.parent / ref_subdir
+    elif image_dir is None:
         image_dir = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     image_dir = abspath(image_dir)
     base = os.fspath(image_dir)
-    names = [[pretty_classname(c) for c in cn] for cn in cnames]
+    names = [[pretty_classname(renames.get(str(c), str(c))) for c in cn] for cn in cnames]
     splits: list[dict[str, list[Sample]]] = [{"train": [], "val": [], "test": []} for _ in range(n_tasks)]
     for split in ("train", "val", "test"):
         items = data[split]
@@ -212,7 +279,7 @@ def read_split_dk(path: str | os.PathLike[str], image_dir: str | os.PathLike[str
                                    f"{label}, outside meta.taskid2cname ({n_tasks} tasks)")
             rel = check_inside(item[0], f"SoftCPT split file '{path}': entry {i} of '{split}'", image_dir)
             splits[t][split].append(Sample(os.path.join(base, rel), label, names[t][label]))
-    stem = path.stem[len("split_dk_"):] if path.stem.startswith("split_dk_") else path.stem
+    _check_images(path, image_dir, splits, ref)
     tasks = []
     for t in range(n_tasks):
         tname = pretty_classname(str(tnames[t]))
@@ -223,6 +290,24 @@ def read_split_dk(path: str | os.PathLike[str], image_dir: str | os.PathLike[str
             extra={"task_name": tname, "metric": metrics[t], "description": descs[t], "split_file": str(path)},
         ))
     return tasks
+
+
+def _check_images(path: Path, image_dir: Path, splits: list[dict[str, list[Sample]]], ref: str | None) -> None:
+    """Every image a split file lists exists, or one error naming the folder the paths were joined to."""
+    missing = [s.path for per in splits for items in per.values() for s in items if not os.path.isfile(s.path)]
+    if not missing:
+        return
+    total = sum(len(items) for per in splits for items in per.values())
+    if ref is not None:
+        sub = DK_DATASETS[ref][0]
+        where = (f"SoftCPT's {ref} reads them from '{sub}/' beside the file" if sub else
+                 f"SoftCPT's {ref} reads them from the file's folder")
+    else:
+        where = "without an image_dir they are read from 'images/' beside the file if it exists, else its folder"
+    raise DatasetError(
+        f"SoftCPT split file '{path}': {len(missing)} of {total} listed images do not exist under '{image_dir}' "
+        f"(first: '{missing[0]}'); expected the entries' paths relative to that folder ({where}; another "
+        "folder: a group .yaml member {split_dk: <file>, image_dir: <folder>})")
 
 
 # ------------------------------------------------------------------------------ group specs
@@ -281,7 +366,7 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
     if unknown:
         raise ConfigError(f"task-group member {member!r}: unknown key(s) {sorted(unknown)}")
     if "split_dk" in member:
-        tasks = read_split_dk(member["split_dk"], member.get("image_dir"))
+        tasks = read_split_dk(member["split_dk"], member.get("image_dir"), dataset=member.get("dataset"))
     else:
         ds = member["dataset"]
         task = load_dataset(ds, member.get("root", root))
@@ -290,7 +375,7 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
             if len(found) != 1:
                 raise DatasetError(f"dataset {ds!r}: expected one split_dk_<Name>.json in '{task.root}', found "
                                    f"{[f.name for f in found]}")
-            tasks = read_split_dk(found[0], task.image_dir or task.root)
+            tasks = read_split_dk(found[0], task.image_dir or task.root, dataset=canonical_name(ds))
             for t in tasks:
                 t.name = task.name
         elif member.get("split", "default") != "default":

@@ -116,7 +116,7 @@ def _general10_member(base: Path, dataset: str, folder: str, image_subdir: str) 
         raise DatasetError(f"task group 'general10': '{ddir}' holds {len(found)} split_dk_*.json files "
                            f"({[f.name for f in found]}); expected one")
     if found:
-        return {"split_dk": str(found[0]), "image_dir": str(ddir / image_subdir), "name": dataset}
+        return {"split_dk": str(found[0]), "image_dir": str(ddir / image_subdir), "name": dataset, "dataset": dataset}
     return {"dataset": dataset, "root": str(base)}
 
 

@@ -174,6 +174,15 @@ def _rows(label: str, group: str, method: str, runs: list[dict[str, Any]], shots
     return rows, grow
 
 
+def check_groups(template: RunSpec, groups: Sequence[str], shots: Sequence[int], seeds: Sequence[int],
+                 base2new: bool = False) -> None:
+    """Load every group once (first shots and seed) so that a missing file or image of any group is one
+    error before the first run trains (runs then load their own sample)."""
+    for group in groups:
+        load_dataset(group, template.root, shots=shots[0] if shots else None, seed=seeds[0] if seeds else 1,
+                     subsample="base" if base2new else "all")
+
+
 def multitask(
     template: RunSpec, groups: list[str], shots: Sequence[int] = (16,), seeds: Sequence[int] = (1, 2, 3),
     base2new: bool = False, baselines: Sequence[str] = (),
@@ -203,6 +212,7 @@ def multitask(
     if base2new and "linear-probe" in baselines:
         raise ConfigError("linear-probe cannot be a base-to-new baseline: it has no classifier for the new "
                           "classes; use baselines=['zeroshot']")
+    check_groups(template, groups, shots, seeds, base2new)
     runs: list[dict[str, Any]] = []
     for group in groups:
         slug = group_slug(group)
