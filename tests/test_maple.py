@@ -156,3 +156,20 @@ def test_one_epoch_fit_reads_images(tiny_bb, shapes_root, cache_dir):
     assert res["trainable_params"] == sum(p.numel() for p in before)
     assert math.isfinite(res["final_loss"]) and 0 <= res["acc"] <= 100
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, model.trainable_parameters(), strict=True))
+
+
+def test_prompt_depth_beyond_the_backbone_fails_before_the_data_is_loaded(tiny_bb, tmp_path, monkeypatch):
+    from vlprompt.errors import ConfigError
+    from vlprompt.protocols import runs
+
+    def no_data(*a, **k):
+        raise AssertionError("the dataset was loaded before the depth check")
+
+    monkeypatch.setattr(runs, "load_dataset", no_data)
+    monkeypatch.setattr(runs, "_BACKBONES", {("tiny-clip", None, False, "cpu"): tiny_bb})
+    top = min(tiny_bb.n_text_layers, tiny_bb.n_vision_layers)
+    for method in ("maple", "dapt", "dapt-g"):
+        spec = runs.RunSpec(method, "imagefolder", str(tmp_path), out=str(tmp_path / method), device="cpu",
+                            method_options={"prompt_depth": 9})
+        with pytest.raises(ConfigError, match=f"set prompt_depth to at most {top} .CLI: -o prompt_depth={top}."):
+            runs.train_run(spec)

@@ -49,6 +49,11 @@ class PromptMethod(nn.Module):
         self.config = config
         self.classnames = list(classnames)
 
+    @classmethod
+    def check_backbone(cls, backbone: Backbone, options: dict[str, Any]) -> None:
+        """Refuse a backbone this method cannot use with ``options`` (its Config fields as given),
+        before any data is loaded; the constructor repeats the checks. Default: nothing to check."""
+
     # ------------------------------------------------------------------ interface
     def set_classnames(self, classnames: list[str]) -> None:
         """Re-target the method to other class names; trained prompts are kept."""

@@ -24,6 +24,7 @@ needs a ViT image tower.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,20 +75,28 @@ class MaPLe(PromptMethod):
     Config = MaPLeConfig
     uses_image_features = False
 
-    def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    @classmethod
+    def check_backbone(cls, backbone: Backbone, options: dict[str, Any]) -> None:
+        """A ViT image tower and ``prompt_depth`` within both towers' block counts."""
         if not backbone.supports_visual_prompts or not backbone.vision_width:
             raise ConfigError(
-                f"{self.name} prompts the image transformer and needs a CLIP backbone with a ViT image tower "
+                f"{cls.name} prompts the image transformer and needs a CLIP backbone with a ViT image tower "
                 f"(e.g. tiny-clip, ViT-B-16); backbone {backbone.name!r} has none (CNN towers such as ResNet "
                 "or EfficientNet are not supported, as in the reference)"
             )
-        depth = config.prompt_depth
-        if depth > backbone.n_text_layers or depth > backbone.n_vision_layers:
+        depth = options.get("prompt_depth", cls.Config.prompt_depth)
+        top = min(backbone.n_text_layers, backbone.n_vision_layers)
+        if isinstance(depth, int) and depth > top:
             raise ConfigError(
-                f"maple prompt_depth={depth} exceeds the backbone {backbone.name!r}: "
-                f"{backbone.n_text_layers} text / {backbone.n_vision_layers} vision layers"
+                f"{cls.name} prompt_depth={depth} exceeds the backbone {backbone.name!r} "
+                f"({backbone.n_text_layers} text / {backbone.n_vision_layers} vision layers): "
+                f"set prompt_depth to at most {top} (CLI: -o prompt_depth={top})"
             )
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        self.check_backbone(backbone, {"prompt_depth": config.prompt_depth})
+        depth = config.prompt_depth
         n, width = config.n_ctx, backbone.text_width
         check_text_tokens(backbone, n)
         self.n_ctx = n

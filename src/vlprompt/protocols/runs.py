@@ -98,6 +98,8 @@ def train_run(
     method_opts = {**preset["method"], **spec.method_options}
     train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
     TrainConfig.from_kwargs(**train_opts)  # bad training options fail before anything is loaded
+    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    get_method_class(base).check_backbone(bb, method_opts)  # e.g. MaPLe's prompt_depth, before the data work
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split)
     fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}
@@ -110,7 +112,6 @@ def train_run(
         method_opts.setdefault("dataset", task.name)
     if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
         method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
-    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
     if spec.selection:  # data-efficient protocol: a selected fraction of the training set
         from .data_efficient import select_subset
 
