@@ -125,3 +125,18 @@ def test_unknown_names(argv, fragment, shapes_root, tmp_path, cache_dir, capsys)
            fragment)
     assert not out.exists()
     assert not os.listdir(tmp_path)
+
+
+def test_methods_name_lists_options_types_defaults_docs_and_presets(capsys):
+    from vlprompt.methods.maple import MaPLeConfig
+
+    assert main(["methods", "maple"]) in (None, 0)
+    out = capsys.readouterr().out
+    assert "prompt_depth = 9   [int]" in out and "at most the number of blocks" in out  # from MaPLeConfig's doc
+    assert f"n_ctx = {MaPLeConfig().n_ctx}" in out
+    assert "reference: " in out and "precision='fp16-gpu'" in out and "paper-xd:" in out
+    assert main(["methods", "coop+dept"]) in (None, 0)
+    out = capsys.readouterr().out
+    assert "dept_weight = 0.7   [float]" in out and "CAT" in out
+    assert main(["methods", "cop"]) == 2
+    assert "unknown method 'cop'" in capsys.readouterr().err

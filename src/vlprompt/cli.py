@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlprompt", description="Prompt tuning of frozen vision-language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("methods", help="list registered methods")
+    p = sub.add_parser("methods", help="list registered methods; with a NAME, its options and presets")
+    p.add_argument("name", nargs="?", help="a method (e.g. maple, coop+dept): print its -o options and presets")
     sub.add_parser("sweep", help="run a declared grid of runs, resumable (vlprompt sweep --help)")
     sub.add_parser("report", help="tables and plots from results.json files (vlprompt report --help)")
     sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny-clip (vlprompt pretrain-tiny --help)")
@@ -228,9 +229,41 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_methods(args: argparse.Namespace) -> None:
     from .methods import get_method_class, list_methods
 
+    if args.name:
+        _describe_method(args.name)
+        return
     for name in list_methods():
         doc = "" if name.startswith("+") else (get_method_class(name).__doc__ or "").strip().splitlines()[0]
         print(f"{name:16s} {doc}")
+
+
+def _describe_method(name: str) -> None:
+    """``vlprompt methods NAME``: the method's summary, every ``-o`` option and its presets."""
+    import dataclasses
+    import textwrap
+
+    from .methods.base import _split_name, describe_type, get_method_class, method_options, option_docs
+    from .presets import PRESETS, TRAINING_FREE
+
+    base, _ = _split_name(name)
+    cls = get_method_class(base)
+    print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+    print("\noptions (-o KEY=VALUE; API: build_method(name, bb, classnames, KEY=VALUE)):")
+    docs = option_docs(name)
+    for key, (tp, default) in method_options(name).items():
+        shown = "(required)" if default is dataclasses.MISSING else repr(default)
+        print(f"  {key} = {shown}   [{describe_type(tp)}]")
+        if docs.get(key):
+            print(textwrap.fill(docs[key], width=100, initial_indent="      ", subsequent_indent="      "))
+    presets = PRESETS.get(base, {})
+    print("\npresets (--preset NAME; explicit options win):")
+    if base in TRAINING_FREE:
+        print("  any preset name: the defaults above (no training loop to configure)")
+    for preset, table in presets.items():
+        opts = {**table["method"], **table["train"]}
+        print(f"  {preset}: " + (", ".join(f"{k}={v!r}" for k, v in opts.items()) or "the defaults"))
+    if not presets and base not in TRAINING_FREE:
+        print("  none")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ name (``"coop+dept"``) through :func:`build_method`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -414,6 +416,43 @@ def method_options(name: str) -> dict[str, tuple[Any, Any]]:
         if p in _PLUGIN_CONFIGS:
             out.update(config_fields(_PLUGIN_CONFIGS[p]))
     return out
+
+
+def _attribute_docs(config_cls: type) -> dict[str, str]:
+    """``{field: description}`` from the ``Attributes:`` sections of a Config dataclass and its bases
+    (a line ``name: text`` or ``a, b: text``, continued by more deeply indented lines)."""
+    out: dict[str, str] = {}
+    for klass in reversed(config_cls.__mro__):
+        doc = inspect.getdoc(klass) if klass.__dict__.get("__doc__") else None
+        if not doc or "Attributes:" not in doc:
+            continue
+        current: list[str] = []
+        for line in doc.split("Attributes:", 1)[1].splitlines():
+            if not line.strip():
+                continue
+            indent = len(line) - len(line.lstrip())
+            m = re.match(r"^\s{4}([A-Za-z_][\w, ]*):\s*(.*)$", line)
+            if m and indent == 4:
+                current = [n.strip() for n in m.group(1).split(",")]
+                for n in current:
+                    out[n] = m.group(2).strip()
+            elif indent > 4 and current:
+                for n in current:
+                    out[n] = f"{out[n]} {line.strip()}"
+            elif indent < 4:
+                break
+    return out
+
+
+def option_docs(name: str) -> dict[str, str]:
+    """The documented meaning of every option of :func:`method_options` (``""`` where undocumented)."""
+    base, plugins = _split_name(name)
+    docs = _attribute_docs(get_method_class(base).Config)
+    for p in plugins:
+        if p in _PLUGIN_CONFIGS:
+            docs.update({f"{p}_{k}" if not k.startswith(f"{p}_") else k: v
+                         for k, v in _attribute_docs(_PLUGIN_CONFIGS[p]).items()})
+    return {k: docs.get(k, "") for k in method_options(name)}
 
 
 def parse_method_options(name: str, options: Mapping[str, Any], parse_strings: bool = True) -> dict[str, Any]:
