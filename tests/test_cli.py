@@ -39,6 +39,20 @@ def test_train_eval_predict_end_to_end(shapes_root, cache_dir, tmp_path, capsys)
     model = vp.load_prompt(out)
     assert model.classnames == vp.load_dataset("imagefolder", shapes_root, subsample="base").classnames
     assert model.classnames == ["blue triangle", "green square", "purple cross"]
+    # re-targeted to other class names (comma list, then a file); same prompt, the new classes' text features
+    new = vp.load_dataset("imagefolder", shapes_root, subsample="new").classnames
+    assert main(["predict", "--run", str(out), "--topk", "1", "--classnames", ",".join(new), str(image)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert any(f"\t{n} (" in line for n in new)
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(new) + "\n")
+    retarget = vp.load_prompt(out)
+    retarget.set_classnames(new)
+    probs = vp.predict(retarget, [str(image)], topk=1)[0][0]
+    assert main(["predict", "--run", str(out), "--topk", "1", "--classnames", str(names_file), str(image)]) == 0
+    assert capsys.readouterr().out.strip() == f"{image}\t{probs[0]} ({probs[1]:.3f})"
+    assert main(["predict", "--run", str(out), "--classnames", "a,a", str(image)]) == 2
+    assert "more than once" in capsys.readouterr().err
 
 
 def test_methods_and_datasets_commands(capsys):

@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("images", nargs="+")
-    p.add_argument("--run", required=True)
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--run", required=True, help="a trained run directory (prompt.safetensors + prompt.json)")
+    p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
+    p.add_argument("--classnames", help="predict among these classes instead of the training ones: comma-"
+                   "separated names, or a text file with one name per line (the prompt is re-targeted)")
     p.add_argument("--weights")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--device", default="auto")
@@ -401,9 +403,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     _, bb = _run_setup(Path(args.run), args)
     model = vp.load_prompt(args.run, bb)
+    if args.classnames:
+        model.set_classnames(_read_classnames(args.classnames))
     for path, preds in zip(args.images, vp.predict(model, args.images, topk=args.topk, device=args.device),
                            strict=True):
         print(path + "\t" + "  ".join(f"{name} ({p:.3f})" for name, p in preds))
+
+
+def _read_classnames(value: str) -> list[str]:
+    """``--classnames``: a text file (one name per line) if one exists at ``value``, else comma-separated."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--classnames: cannot read {path}: {exc}") from exc
+    else:
+        names = [n.strip() for n in value.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"--classnames {value!r} gives no class names; expected 'cat,dog' or a file of names")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"--classnames lists {dup} more than once; each class once")
+    return names
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
