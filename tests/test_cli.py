@@ -154,3 +154,21 @@ def test_methods_name_lists_options_types_defaults_docs_and_presets(capsys):
     assert "dept_weight = 0.7   [float]" in out and "CAT" in out
     assert main(["methods", "cop"]) == 2
     assert "unknown method 'cop'" in capsys.readouterr().err
+
+
+def test_datasets_root_reports_present_incomplete_missing_and_checks_images(tmp_path, capsys):
+    from data_fixtures import BUILDERS
+
+    assert main(["datasets", "--root", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    BUILDERS["dtd"](tmp_path)
+    BUILDERS["eurosat"](tmp_path)
+    assert main(["datasets", "--root", str(tmp_path)]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}
+    assert "incomplete" in lines["dtd"] and "of 47 classes" in lines["dtd"]  # the fixture has 2 of DTD's 47
+    assert "missing" in lines["caltech101"] and "caltech-101" in lines["caltech101"]
+    bad = next((tmp_path / "eurosat").rglob("*.jpg"))
+    bad.write_bytes(b"not an image")
+    assert main(["datasets", "--root", str(tmp_path), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"unreadable: {bad}" in out and "1 unreadable image(s)" in out

@@ -9,6 +9,7 @@ import pytest
 from data_fixtures import BUILDERS, EXPECTED
 from vlprompt.data import list_datasets, load_dataset
 from vlprompt.data.templates import IMAGENET_SELECT_TEMPLATES, TEMPLATES, ensemble_templates
+from vlprompt.errors import DatasetError
 
 ALL_15 = sorted(BUILDERS)
 
@@ -115,3 +116,11 @@ def test_ensemble_templates():
     dtd = ensemble_templates("dtd")
     assert dtd[:7] == list(IMAGENET_SELECT_TEMPLATES) and dtd[7] == "{} texture."
     assert all(t.count("{}") == 1 for t in TEMPLATES.values())
+
+
+def test_imagenet_classnames_with_more_classes_than_folders_is_an_error(tmp_path):
+    ddir = BUILDERS["imagenet"](tmp_path)
+    with open(ddir / "classnames.txt", "a") as f:
+        f.write("n99999999 extra class\n")
+    with pytest.raises(DatasetError, match="lists .* classes but .* has images of only .*n99999999"):
+        load_dataset("imagenet", tmp_path)

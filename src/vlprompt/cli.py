@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("report", help="tables and plots from results.json files (vlprompt report --help)")
     sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny-clip (vlprompt pretrain-tiny --help)")
     p = sub.add_parser("datasets", help="list datasets (with --root: which are present)")
-    p.add_argument("--root", help="data root ($DATA) to check")
+    p.add_argument("--root", help="data root ($DATA): each dataset present / incomplete / missing, and why")
+    p.add_argument("--check", action="store_true", help="with --root: open every listed image, list unreadable ones")
 
     p = sub.add_parser("train", help="train a method on a dataset and write a run directory")
     p.add_argument("--method", required=True)
@@ -268,20 +269,38 @@ def _describe_method(name: str) -> None:
         print("  none")
 
 
-def cmd_datasets(args: argparse.Namespace) -> None:
-    from .data import get_loader, list_datasets
+def cmd_datasets(args: argparse.Namespace) -> int | None:
+    from .data import list_datasets
     from .data.real import real_status
 
     real = real_status()  # real/<name> -> "available" | "missing: <install command>"
-    for name in list_datasets():
-        if not args.root:
+    if not args.root:
+        for name in list_datasets():
             print(f"{name:26s} {real[name]}" if name in real else name)
-            continue
-        try:
-            task = get_loader(name)(Path(args.root).expanduser())
-            print(f"{name:22s} present  {task.num_classes} classes, {len(task.test)} test images")
-        except VlpromptError:
-            print(f"{name:22s} missing")
+        return None
+    from .data.status import dataset_status, unreadable_images
+
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        print(f"error: data root {root} does not exist (or is not a folder); expected the folder that holds "
+              "the datasets, e.g. ~/data with ~/data/dtd, ~/data/eurosat ...", file=sys.stderr)
+        return 1
+    failed = 0
+    for name in list_datasets():
+        st = dataset_status(name, root)
+        print(f"{name:26s} {st.state:10s} {st.detail}", flush=True)
+        if args.check and st.task is not None:
+            def progress(i: int, n: int, name: str = name) -> None:
+                if i == n or i % max(n // 10, 1) == 0:
+                    print(f"  checking {name}: {i}/{n} images", file=sys.stderr, flush=True)
+
+            bad = unreadable_images(st.task, progress)
+            failed += len(bad)
+            for path, why in bad:
+                print(f"  unreadable: {path}: {why}")
+    if args.check:
+        print(f"{failed} unreadable image(s)" if failed else "every listed image opens")
+    return 1 if failed else None
 
 
 def _load_backbone(name: str, weights: str | None, trust: bool, device: str):
@@ -474,11 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            COMMANDS[args.command](args)
+            rc = COMMANDS[args.command](args)
         except VlpromptError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 _SHOW_WARNING = warnings.showwarning

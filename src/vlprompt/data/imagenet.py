@@ -114,6 +114,15 @@ def load_imagenet(root: Path) -> Task:
         splits[split] = _scan_wnid_folders(split_dir, labels, classnames, "ImageNet", "classnames.txt")
         if not splits[split]:
             raise _empty_error("ImageNet", split_dir, "imagenet", _IMAGENET_LAYOUT)
+        if split == "train":  # a class of classnames.txt without training images would be an empty class
+            seen = {s.label for s in splits[split]}
+            absent = [w for w, i in labels.items() if i not in seen]
+            if absent:
+                raise DatasetError(
+                    f"ImageNet: classnames.txt lists {len(labels)} classes but '{split_dir}' has images of only "
+                    f"{len(labels) - len(absent)}; first without a folder: {absent[0]!r}. Expected one folder "
+                    "per wnid of classnames.txt (use classnames.txt of the classes you have)"
+                )
     return Task(
         name="imagenet",
         classnames=classnames,
