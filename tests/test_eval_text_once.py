@@ -37,6 +37,13 @@ def test_text_tower_runs_once_per_evaluation(name, tiny_bb, shapes_root, cache_d
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny_bb, "encode_text", counting)
+    original_shared = tiny_bb.encode_text_shared
+
+    def counting_shared(prefix, suffix, *args, **kwargs):  # shared prefix: one call encodes every class
+        calls.append(suffix.shape[-3])
+        return original_shared(prefix, suffix, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_bb, "encode_text_shared", counting_shared)
     cache = FeatureCache(tiny_bb, "fp32", torch.device("cpu"), cache_dir)
     model.eval()
     res = evaluate_samples(model, task.test[:4], cache, "fp32", torch.device("cpu"), batch_size=4)

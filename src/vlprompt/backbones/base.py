@@ -119,6 +119,9 @@ class Backbone(nn.Module):
     n_text_layers: int
     n_vision_layers: int
     supports_visual_prompts: bool
+    #: whether ``encode_text_shared`` (one pass over a prefix shared by many sequences) is exact and
+    #: available: a causal text tower (CLIP); a bidirectional one (MiniLM) cannot share a prefix
+    supports_prefix_sharing: bool = False
     patch_size: int | None = None
     vision_heads: int | None = None
     image_mean: tuple[float, ...] | None = None

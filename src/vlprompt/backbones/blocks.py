@@ -197,3 +197,85 @@ def run_blocks(
         else:
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return x
+
+
+# ---------------------------------------------------------------------- shared prefix (causal text towers)
+def _shared_prefix_attention(
+    attn: nn.MultiheadAttention, hp: torch.Tensor, hs: torch.Tensor, mask_p: torch.Tensor | None,
+    mask_sp: torch.Tensor | None, mask_s: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal self-attention of ``G`` groups of ``C`` sequences that share their first ``P`` tokens.
+
+    ``hp`` (G, P, D) are the normalised prefix tokens (one copy per group), ``hs`` (G, C, S, D) the
+    normalised suffix tokens of each sequence. The prefix attends to itself (``mask_p`` (P, P)); every
+    suffix token attends to its group's prefix (``mask_sp`` (S, P)) and to its own sequence's suffix
+    (``mask_s`` (S, S)), with one softmax over both parts, exactly as the full sequence would. The
+    prefix keys and values are used through broadcasting matmuls, never copied per sequence.
+    """
+    g, p, d = hp.shape
+    c, s = hs.shape[1], hs.shape[2]
+    heads = attn.num_heads
+    dh = d // heads
+    scale = dh ** -0.5
+    qp, kp, vp = F.linear(hp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    qs, ks, vs = F.linear(hs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+    def heads_of(t: torch.Tensor) -> torch.Tensor:  # (G, T, D) -> (G, H, T, dh)
+        return t.reshape(g, t.shape[1], heads, dh).transpose(1, 2)
+
+    qp_, kp_, vp_ = heads_of(qp), heads_of(kp), heads_of(vp)
+    op = F.scaled_dot_product_attention(qp_, kp_, vp_, attn_mask=None if mask_p is None else mask_p.to(qp.dtype))
+    op = attn.out_proj(op.transpose(1, 2).reshape(g, p, d))
+    # suffix queries (G, H, C·S, dh) against the prefix keys (G, H, P, dh): one broadcast matmul
+    q = qs.reshape(g, c * s, heads, dh).transpose(1, 2)
+    scores_p = (q @ kp_.transpose(-1, -2)) * scale  # (G, H, C·S, P)
+    scores_p = scores_p.reshape(g, heads, c, s, p)
+    q5 = q.reshape(g, heads, c, s, dh)
+    k5 = ks.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)  # (G, H, C, S, dh)
+    v5 = vs.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)
+    scores_s = (q5 @ k5.transpose(-1, -2)) * scale  # (G, H, C, S, S)
+    if mask_sp is not None:
+        scores_p = scores_p + mask_sp.to(scores_p.dtype)
+    if mask_s is not None:
+        scores_s = scores_s + mask_s.to(scores_s.dtype)
+    weights = torch.cat([scores_p, scores_s], dim=-1).softmax(dim=-1)
+    wp, ws = weights[..., :p], weights[..., p:]
+    out = (wp.reshape(g, heads, c * s, p) @ vp_).reshape(g, heads, c, s, dh) + ws @ v5
+    out = out.permute(0, 2, 3, 1, 4).reshape(g, c, s, d)
+    return op, attn.out_proj(out)
+
+
+def run_blocks_shared_prefix(
+    blocks: nn.ModuleList,
+    prefix: torch.Tensor,
+    suffix: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    replace: dict[int, tuple[int, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """:func:`run_blocks` for sequences that share a prefix, on a causal tower of plain open_clip blocks.
+
+    ``prefix`` (G, P, D) and ``suffix`` (G, C, S, D) are the input tokens (positional embedding added);
+    sequence ``(g, c)`` is ``[prefix[g]; suffix[g, c]]``. With a causal ``attn_mask`` the prefix's hidden
+    states are the same for every sequence of a group at every layer, so they are computed once per
+    group. ``replace`` may only touch prefix positions (MaPLe's deep text prompts). Returns the suffix
+    hidden states after the last block, (G, C, S, D).
+    """
+    p, s = prefix.shape[1], suffix.shape[2]
+    mask_p = mask_sp = mask_s = None
+    if attn_mask is not None:
+        mask_p, mask_sp, mask_s = attn_mask[:p, :p], attn_mask[p:p + s, :p], attn_mask[p:p + s, p:p + s]
+    xp, xs = prefix, suffix
+    for i, block in enumerate(blocks):
+        if replace and i in replace:
+            start, tokens = replace[i]
+            if start + _batched(tokens, 1).shape[1] > p:
+                raise ConfigError("shared-prefix text: a deep prompt reaches past the shared prefix")
+            xp = replace_tokens(xp, start, tokens)
+        if not has_plain_attention(block):
+            raise ConfigError(f"shared-prefix text needs open_clip pre-norm blocks; got {type(block).__name__}")
+        op, os_ = _shared_prefix_attention(block.attn, block.ln_1(xp), block.ln_1(xs), mask_p, mask_sp, mask_s)
+        xp = xp + block.ls_1(op)
+        xs = xs + block.ls_1(os_)
+        xp = xp + block.ls_2(block.mlp(block.ln_2(xp)))
+        xs = xs + block.ls_2(block.mlp(block.ln_2(xs)))
+    return xs

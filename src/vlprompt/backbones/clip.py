@@ -21,7 +21,7 @@ from open_clip.transformer import VisionTransformer
 
 from ..errors import ConfigError
 from .base import Backbone, ImageOutput, VisualPrompts
-from .blocks import run_blocks
+from .blocks import has_plain_attention, run_blocks, run_blocks_shared_prefix
 
 
 class ClipBackbone(Backbone):
@@ -114,6 +114,58 @@ class ClipBackbone(Backbone):
             m.transformer.resblocks, x, attn_mask=mask, batch_first=m.transformer.batch_first, replace=replace
         )
         x = x[torch.arange(x.shape[0], device=x.device), eot_idx.to(x.device)]
+        x = m.ln_final(x)
+        proj = m.text_projection
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj.to(x.dtype)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    @property
+    def supports_prefix_sharing(self) -> bool:
+        """Whether :meth:`encode_text_shared` applies: a causal text mask and plain open_clip blocks."""
+        m = self.model
+        return m.attn_mask is not None and all(has_plain_attention(b) for b in m.transformer.resblocks)
+
+    def encode_text_shared(
+        self,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        eot_idx: torch.Tensor,
+        deep_prompts: dict[int, torch.Tensor] | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Text features of sequences ``[prefix[g]; suffix[c]]`` with the prefix computed once per group.
+
+        Equal to :meth:`encode_text` on the concatenated sequences (the causal mask makes the prefix's
+        hidden states independent of what follows), at a fraction of the cost when many classes share
+        one learned context.
+
+        Args:
+            prefix: ``(G, P, width)`` shared leading embeddings (SOS + learned context), one per group.
+            suffix: ``(C, L - P, width)`` or ``(G, C, L - P, width)`` the rest of each sequence.
+            eot_idx: ``(C,)`` EOT positions in the full sequence (all at or after ``P``).
+            deep_prompts: ``{layer: (n_ctx, width)}`` replacing positions ``1..n_ctx`` (inside the prefix).
+            normalize: L2-normalise the output.
+
+        Returns:
+            ``(G, C, embed_dim)`` features.
+        """
+        if not self.supports_prefix_sharing:
+            raise ConfigError(f"{self.name}: prefix sharing needs a causal text tower of open_clip blocks")
+        m = self.model
+        g, p = prefix.shape[0], prefix.shape[1]
+        if suffix.dim() == 3:
+            suffix = suffix.unsqueeze(0).expand(g, -1, -1, -1)
+        eot = eot_idx.to(prefix.device)
+        if int(eot.min()) < p:
+            raise ConfigError("shared-prefix text: an EOT lies inside the shared prefix")
+        length = int(eot.max().item()) + 1
+        pos = m.positional_embedding[:length].to(prefix.dtype)
+        xp = prefix + pos[:p]
+        xs = suffix[:, :, : length - p].to(prefix.dtype) + pos[p:]
+        replace = {k: (1, t) for k, t in (deep_prompts or {}).items()}
+        xs = run_blocks_shared_prefix(m.transformer.resblocks, xp, xs, m.attn_mask, replace)
+        c = xs.shape[1]
+        x = xs[:, torch.arange(c, device=xs.device), eot - p]  # (G, C, width)
         x = m.ln_final(x)
         proj = m.text_projection
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj.to(x.dtype)

@@ -23,12 +23,17 @@ class CoOpConfig:
         ctx_init: init phrase, e.g. ``"a photo of a"``; empty = random N(0, 0.02²) init.
         csc: class-specific context (one context per class) instead of one unified context.
         class_token_position: where the class name goes: ``end``, ``middle`` or ``front``.
+        share_prefix: compute the text tower on ``[SOS][v_1..v_M]`` once for all classes (the causal
+            mask makes it identical for every class) and run only the class tokens per class: the same
+            features to fp32 rounding, far cheaper with many classes. Used with a unified context, the
+            class at the ``end`` and a causal CLIP text tower; False forces the full per-class path.
     """
 
     n_ctx: int = 16
     ctx_init: str = ""
     csc: bool = False
     class_token_position: ClassPosition = "end"
+    share_prefix: bool = True
 
 
 @register_method
@@ -69,5 +74,13 @@ class CoOp(PromptMethod):
         """Assembled prompt embeddings ``(n_cls, L, width)``."""
         return self.prompts.assemble(self.ctx)
 
+    def shares_prefix(self) -> bool:
+        """Whether the text features go through the shared-prefix path (see ``share_prefix``)."""
+        return (self.config.share_prefix and not self.config.csc and self.prompts.position == "end"
+                and getattr(self.backbone, "supports_prefix_sharing", False))
+
     def raw_text_features(self) -> torch.Tensor:
+        if self.shares_prefix():
+            prefix = torch.cat([self.prompts.token_prefix[:1].to(self.ctx.dtype), self.ctx.unsqueeze(0)], dim=1)
+            return self.backbone.encode_text_shared(prefix, self.prompts.token_suffix, self.prompts.eot_idx)[0]
         return self.backbone.encode_text(self.prompt_embeddings(), self.prompts.eot_idx)
