@@ -188,10 +188,26 @@ def test_one_text_forward_per_batch_not_per_image(tiny_bb, monkeypatch):
         return original(embeds, eot_idx, *args, **kwargs)
 
     monkeypatch.setattr(tiny_bb, "encode_text", counting)
+    shared_calls = []
+    original_shared = tiny_bb.encode_text_shared
+
+    def counting_shared(prefix, suffix, *args, **kwargs):
+        shared_calls.append(prefix.shape[0] * suffix.shape[-3])
+        return original_shared(prefix, suffix, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_bb, "encode_text_shared", counting_shared)
     feats = torch.randn(6, tiny_bb.embed_dim)
     with torch.no_grad():
-        vp.build_method("cocoop", tiny_bb, NAMES).logits_from_features(feats)
+        vp.build_method("cocoop", tiny_bb, NAMES, share_prefix=False).logits_from_features(feats)
         assert calls == [6 * len(NAMES)]
         calls.clear()
+        vp.build_method("cocoop", tiny_bb, NAMES, text_chunk=10, share_prefix=False).logits_from_features(feats)
+        assert calls == [10, 10, 4]
+        calls.clear()
+        # shared prefix: whole images per forward, at most text_chunk sequences (at least one image)
+        vp.build_method("cocoop", tiny_bb, NAMES).logits_from_features(feats)
+        assert calls == [] and shared_calls == [6 * len(NAMES)]
+        shared_calls.clear()
         vp.build_method("cocoop", tiny_bb, NAMES, text_chunk=10).logits_from_features(feats)
-    assert calls == [10, 10, 4]
+    per = 10 // len(NAMES)
+    assert shared_calls == [min(per, 6 - i) * len(NAMES) for i in range(0, 6, per)]

@@ -62,3 +62,24 @@ def test_a_bidirectional_text_tower_never_shares():
     from vlprompt.backbones.base import Backbone
 
     assert Backbone.supports_prefix_sharing is False
+
+
+@pytest.mark.parametrize("chunk", [1024, 7])  # 7 sequences: one image per forward, the chunking path
+def test_cocoop_shared_prefix_per_image_equals_the_full_path(bb, chunk):
+    torch.manual_seed(0)
+    shared = vp.build_method("cocoop", bb, NAMES, text_chunk=chunk)
+    torch.manual_seed(0)
+    full = vp.build_method("cocoop", bb, NAMES, text_chunk=chunk, share_prefix=False)
+    assert shared.shares_prefix() and not full.shares_prefix()
+    torch.manual_seed(2)
+    image_features = torch.randn(3, bb.embed_dim)
+    out = []
+    for model in (shared, full):
+        feats = model.conditional_text_features(image_features)
+        weights = torch.randn_like(feats, generator=torch.Generator().manual_seed(3))
+        grads = torch.autograd.grad((feats * weights).sum(), model.trainable_parameters())
+        out.append((feats.detach(), grads))
+    assert out[0][0].shape == (3, len(NAMES), bb.embed_dim)
+    assert_fp32_close(out[0][0], out[1][0])
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        assert_fp32_close(a / b.abs().max(), b / b.abs().max())

@@ -40,6 +40,9 @@ class CoCoOpConfig:
             (reference: 512 // 16 = 32).
         text_chunk: at most this many prompt sequences go through one text-encoder forward
             (a batch of ``B`` images has ``B × n_cls`` prompts); bounds memory, not results.
+        share_prefix: per image, compute ``[SOS][v + π(x)]`` once for all classes and only the class
+            tokens per class (see CoOp's ``share_prefix``): the same features to fp32 rounding. Used
+            with a unified context, the class at the ``end`` and a causal CLIP text tower.
     """
 
     n_ctx: int = 4
@@ -48,6 +51,7 @@ class CoCoOpConfig:
     class_token_position: ClassPosition = "end"
     meta_reduction: int = 16
     text_chunk: int = 1024
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.meta_reduction < 1:
@@ -134,6 +138,15 @@ class CoCoOp(CoOp):
         batch = ctx.shape[0]
         eot = self.prompts.eot_idx
         n_cls = eot.shape[0]
+        if self.shares_prefix():
+            per = max(self.config.text_chunk // n_cls, 1)  # images per forward: <= text_chunk sequences
+            sos = self.prompts.token_prefix[:1].to(ctx.dtype)
+            out = []
+            for start in range(0, batch, per):
+                part = ctx[start:start + per]
+                prefix = torch.cat([sos.expand(part.shape[0], -1, -1), part], dim=1)
+                out.append(self.backbone.encode_text_shared(prefix, self.prompts.token_suffix, eot))
+            return torch.cat(out)
         length = int(eot.max().item()) + 1
         total = batch * n_cls
         chunk = self.config.text_chunk
@@ -143,6 +156,11 @@ class CoCoOp(CoOp):
             embeds = self._assemble_rows(ctx, rows, length)
             feats.append(self.backbone.encode_text(embeds, eot[rows % n_cls]))
         return torch.cat(feats).reshape(batch, n_cls, -1)
+
+    def shares_prefix(self) -> bool:
+        """Whether the per-image prompts go through the shared-prefix path (see ``share_prefix``)."""
+        return (self.config.share_prefix and self.ctx.dim() == 2 and self.prompts.position == "end"
+                and getattr(self.backbone, "supports_prefix_sharing", False))
 
     # ------------------------------------------------------------------ interface
     def raw_text_features(self) -> torch.Tensor:
