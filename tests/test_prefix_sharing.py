@@ -36,6 +36,8 @@ def _features_and_grads(model) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 @pytest.mark.parametrize(("name", "opts"), [
     ("coop", {"n_ctx": 16}), ("coop", {"ctx_init": "a photo of a"}), ("kgcoop", {}), ("coop+dept", {"n_ctx": 4}),
+    ("maple", {"prompt_depth": 3}), ("maple", {"prompt_depth": 3, "ctx_init": ""}), ("maple+dept", {"prompt_depth": 2}),
+    ("dapt", {"prompt_depth": 3}),
 ])
 def test_shared_prefix_equals_the_full_path(bb, name, opts):
     torch.manual_seed(0)
@@ -50,6 +52,17 @@ def test_shared_prefix_equals_the_full_path(bb, name, opts):
     assert_fp32_close(f1, f2)
     for a, b in zip(g1, g2, strict=True):
         assert_fp32_close(a / b.abs().max(), b / b.abs().max())  # relative to the gradient's scale
+
+
+def test_fixed_words_every_class_has_join_the_prefix(bb):
+    from vlprompt.methods.prompting import ClassPrompts
+
+    maple = vp.build_method("maple", bb, NAMES, prompt_depth=2)  # P_0 = "a photo"; "of a" is fixed
+    assert maple.prompts.common_len == 2
+    golden = ClassPrompts(bb, ["golden eagle", "golden retriever"], 4, None)
+    assert golden.common_len == 1  # the shared first word of the names
+    single = ClassPrompts(bb, ["cat"], 4, None)
+    assert 4 + 1 + single.common_len <= int(single.eot_idx.min())  # the prefix ends before the EOT
 
 
 def test_the_full_path_is_kept_where_the_prefix_is_not_shared(bb):

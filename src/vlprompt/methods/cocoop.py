@@ -140,12 +140,10 @@ class CoCoOp(CoOp):
         n_cls = eot.shape[0]
         if self.shares_prefix():
             per = max(self.config.text_chunk // n_cls, 1)  # images per forward: <= text_chunk sequences
-            sos = self.prompts.token_prefix[:1].to(ctx.dtype)
             out = []
             for start in range(0, batch, per):
-                part = ctx[start:start + per]
-                prefix = torch.cat([sos.expand(part.shape[0], -1, -1), part], dim=1)
-                out.append(self.backbone.encode_text_shared(prefix, self.prompts.token_suffix, eot))
+                prefix, suffix = self.prompts.shared_parts(ctx[start:start + per])
+                out.append(self.backbone.encode_text_shared(prefix, suffix, eot))
             return torch.cat(out)
         length = int(eot.max().item()) + 1
         total = batch * n_cls

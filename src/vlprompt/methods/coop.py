@@ -81,6 +81,6 @@ class CoOp(PromptMethod):
 
     def raw_text_features(self) -> torch.Tensor:
         if self.shares_prefix():
-            prefix = torch.cat([self.prompts.token_prefix[:1].to(self.ctx.dtype), self.ctx.unsqueeze(0)], dim=1)
-            return self.backbone.encode_text_shared(prefix, self.prompts.token_suffix, self.prompts.eot_idx)[0]
+            prefix, suffix = self.prompts.shared_parts(self.ctx)
+            return self.backbone.encode_text_shared(prefix, suffix, self.prompts.eot_idx)[0]
         return self.backbone.encode_text(self.prompt_embeddings(), self.prompts.eot_idx)

@@ -47,11 +47,15 @@ class MaPLeConfig:
         prompt_depth: J, the number of layers (from the first) that get prompts in both towers
             (9 for base-to-new, 3 in MaPLe's cross-dataset config); at most the number of
             blocks of either tower.
+        share_prefix: compute ``[SOS][P_0]`` and the fixed phrase words after it once for all classes
+            (the deep prompts replace positions inside it) and only the class tokens per class: the same
+            text features to fp32 rounding (see CoOp's ``share_prefix``); False forces the full path.
     """
 
     n_ctx: int = 2
     ctx_init: str = "a photo of a"
     prompt_depth: int = 9
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.n_ctx < 1:
@@ -143,7 +147,15 @@ class MaPLe(PromptMethod):
         return VisualPrompts(tokens=self.couplings[0](self.ctx), layout="append", deep=deep)
 
     # ------------------------------------------------------------------ features
+    def shares_prefix(self) -> bool:
+        """Whether the class prompts go through the shared-prefix text path (see ``share_prefix``)."""
+        return self.config.share_prefix and getattr(self.backbone, "supports_prefix_sharing", False)
+
     def raw_text_features(self) -> torch.Tensor:
+        if self.shares_prefix():  # deep prompts replace positions 1..n_ctx: inside the shared prefix
+            prefix, suffix = self.prompts.shared_parts(self.ctx)
+            return self.backbone.encode_text_shared(prefix, suffix, self.prompts.eot_idx,
+                                                    deep_prompts=self.deep_text_prompts())[0]
         embeds = self.prompts.assemble(self.ctx)
         return self.backbone.encode_text(embeds, self.prompts.eot_idx, deep_prompts=self.deep_text_prompts())
 

@@ -97,6 +97,12 @@ class ClassPrompts(nn.Module):
         self.register_buffer("token_suffix", emb[:, 1 + self.n_ctx :].clone(), persistent=False)
         self.register_buffer("eot_idx", backbone.eot_index(tok).to(dev), persistent=False)
         self.register_buffer("order", self._order(name_lens, tok.shape[1]).to(dev), persistent=False)
+        # fixed tokens right after the context that every class has (MaPLe's "of a", a shared first word):
+        # they join the shared prefix, which must end before the first EOT
+        rest = tok[:, 1 + self.n_ctx:]
+        same = (rest == rest[:1]).all(dim=0).long()
+        common = int(same.cumprod(0).sum())
+        self.common_len = max(min(common, int(backbone.eot_index(tok).min()) - 1 - self.n_ctx), 0)
 
     def _order(self, name_lens: torch.Tensor, length: int) -> torch.Tensor:
         """Per-class source index of every output position, relative to the ``end`` layout."""
@@ -115,6 +121,21 @@ class ClassPrompts(nn.Module):
                 seq = [0, *ctx[:half], *name, *ctx[half:], *rest]
             rows.append(seq)
         return torch.tensor(rows, dtype=torch.long)
+
+    def shared_parts(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prefix (G, P, W), suffix (n_cls, L - P, W))`` for a shared-prefix text pass (class at the end).
+
+        ``ctx`` is a unified context ``(n_ctx, W)`` or one per group ``(G, n_ctx, W)``; the prefix is
+        ``[SOS][ctx]`` plus the fixed tokens every class has right after it (``common_len``).
+        """
+        if self.position != "end":
+            raise ConfigError("a shared prefix needs the class name at the end")
+        ctx = ctx.unsqueeze(0) if ctx.dim() == 2 else ctx
+        k = self.common_len
+        fixed = torch.cat([self.token_prefix[:1], self.token_suffix[:1, :k]], dim=1).to(ctx.dtype)
+        fixed = fixed.expand(ctx.shape[0], -1, -1)
+        prefix = torch.cat([fixed[:, :1], ctx, fixed[:, 1:]], dim=1)
+        return prefix, self.token_suffix[:, k:]
 
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
         """Full embedding sequences ``(n_cls, L, width)`` with ``ctx`` inserted.
