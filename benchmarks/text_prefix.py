@@ -5,7 +5,8 @@ back-propagated to the learned context, once with ``share_prefix=True`` and once
 interleaved (on, off, on, off, ...) in one process so machine load hits both alike. Reported per row:
 median seconds per step of each, their ratio, the activations saved for backward (bytes of the tensors
 autograd keeps, counted by a saved-tensors hook: a device-independent stand-in for peak memory), and
-the machine load. Random-weight ViT-B-16 text tower (width 512, 12 layers), fp32, 1 thread by default.
+the machine load. Random-weight ViT-B-16 (text tower width 512, 12 layers), fp32, 1 thread by default;
+CoCoOp's step is one image (its reference batch size), MaPLe's uses depth 9.
 
 Usage::
 
@@ -39,8 +40,15 @@ def _saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
+def _features(model) -> torch.Tensor:
+    if hasattr(model, "conditional_text_features"):  # CoCoOp: per image (batch 1, the reference's)
+        image = torch.randn(1, model.backbone.embed_dim, generator=torch.Generator().manual_seed(0))
+        return model.conditional_text_features(image)
+    return model.raw_text_features()
+
+
 def _step(model) -> torch.Tensor:
-    feats = model.raw_text_features()
+    feats = _features(model)
     loss = feats.float().square().mean()
     loss.backward()
     return loss
@@ -49,7 +57,7 @@ def _step(model) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", type=int, nargs="+", default=[10, 100, 1000])
-    ap.add_argument("--methods", nargs="+", default=["coop", "kgcoop", "coop+dept"])
+    ap.add_argument("--methods", nargs="+", default=["coop", "cocoop", "kgcoop", "maple", "coop+dept"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/text_prefix.json")
@@ -67,7 +75,7 @@ def main() -> None:
     for n_cls in args.classes:
         names = [f"{words[i % len(words)]} {i}" for i in range(n_cls)]
         for method in args.methods:
-            opts = {"n_ctx": 16} if method.startswith("coop") else {}
+            opts = {"n_ctx": 16} if method.startswith("coop") else {}  # the others: their paper defaults
             models = {s: vp.build_method(method, bb, names, share_prefix=s, **opts) for s in (True, False)}
             times: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(args.repeats):
@@ -77,7 +85,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     _step(m)
                     times[share].append(time.perf_counter() - t0)
-            saved = {s: _saved_bytes(lambda m=models[s]: m.raw_text_features()) for s in (True, False)}
+            saved = {s: _saved_bytes(lambda m=models[s]: _features(m)) for s in (True, False)}
             on, off = statistics.median(times[True]), statistics.median(times[False])
             row = {"method": method, "classes": n_cls, "shared_s": on, "full_s": off, "speedup": off / on,
                    "saved_mb_shared": saved[True] / 2**20, "saved_mb_full": saved[False] / 2**20,
