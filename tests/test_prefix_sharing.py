@@ -96,3 +96,21 @@ def test_cocoop_shared_prefix_per_image_equals_the_full_path(bb, chunk):
     assert_fp32_close(out[0][0], out[1][0])
     for a, b in zip(out[0][1], out[1][1], strict=True):
         assert_fp32_close(a / b.abs().max(), b / b.abs().max())
+
+
+def test_classes_of_different_lengths_run_in_length_buckets(bb):
+    from vlprompt.backbones.clip import _length_buckets
+
+    assert _length_buckets([5, 5, 9, 30], 3, overhead=0) == [([0, 1], 6), ([2], 10), ([3], 31)]
+    assert _length_buckets([5, 6], 3) == [([0, 1], 7)]  # merging one token of padding beats another pass
+    names = [f"cat {i}" for i in range(40)]
+    names += [f"a very long class name with many many more words {i}" for i in range(8)]
+    torch.manual_seed(0)
+    shared = vp.build_method("coop", bb, names, n_ctx=4)
+    assert len(_length_buckets(shared.prompts.eot_idx.tolist(), 5)) > 1
+    torch.manual_seed(0)
+    full = vp.build_method("coop", bb, names, n_ctx=4, share_prefix=False)
+    f1, g1 = _features_and_grads(shared)
+    f2, g2 = _features_and_grads(full)
+    assert_fp32_close(f1, f2)
+    assert_fp32_close(g1[0] / g2[0].abs().max(), g2[0] / g2[0].abs().max())

@@ -24,6 +24,27 @@ from .base import Backbone, ImageOutput, VisualPrompts
 from .blocks import has_plain_attention, run_blocks, run_blocks_shared_prefix
 
 
+def _length_buckets(eot: list[int], prefix_len: int, overhead: int = 32) -> list[tuple[list[int], int]]:
+    """Classes grouped by sequence length for :meth:`ClipBackbone.encode_text_shared`: ``[(indices, end)]``
+    with ``end`` = the group's longest EOT + 1. Adjacent lengths are merged while padding them to the
+    longer one costs fewer tokens than another pass (``prefix_len + overhead`` tokens of fixed cost)."""
+    by_len: dict[int, list[int]] = {}
+    for i, e in enumerate(eot):
+        by_len.setdefault(e + 1, []).append(i)
+    buckets: list[tuple[list[int], int]] = []
+    for end in sorted(by_len):
+        idx = by_len[end]
+        if buckets:
+            prev, prev_end = buckets[-1]
+            merged = len(prev + idx) * (end - prefix_len)
+            apart = len(prev) * (prev_end - prefix_len) + len(idx) * (end - prefix_len) + prefix_len + overhead
+            if merged <= apart:
+                buckets[-1] = (prev + idx, end)
+                continue
+        buckets.append((list(idx), end))
+    return buckets
+
+
 class ClipBackbone(Backbone):
     """A frozen open_clip ``CLIP`` model exposed through vlprompt's backbone seams.
 
@@ -161,11 +182,14 @@ class ClipBackbone(Backbone):
         length = int(eot.max().item()) + 1
         pos = m.positional_embedding[:length].to(prefix.dtype)
         xp = prefix + pos[:p]
-        xs = suffix[:, :, : length - p].to(prefix.dtype) + pos[p:]
         replace = {k: (1, t) for k, t in (deep_prompts or {}).items()}
-        xs = run_blocks_shared_prefix(m.transformer.resblocks, xp, xs, m.attn_mask, replace)
-        c = xs.shape[1]
-        x = xs[:, torch.arange(c, device=xs.device), eot - p]  # (G, C, width)
+        c = suffix.shape[1]
+        x = prefix.new_empty(g, c, prefix.shape[-1])
+        for idx, end in _length_buckets(eot.tolist(), p):  # classes of similar length together: less padding
+            rows = torch.tensor(idx, device=prefix.device)
+            xs = suffix[:, rows, : end - p].to(prefix.dtype) + pos[p:end]
+            xs = run_blocks_shared_prefix(m.transformer.resblocks, xp, xs, m.attn_mask, replace)
+            x = x.index_copy(1, rows, xs[:, torch.arange(len(idx), device=xs.device), eot[rows] - p])
         x = m.ln_final(x)
         proj = m.text_projection
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj.to(x.dtype)
