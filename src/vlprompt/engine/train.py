@@ -12,7 +12,6 @@ import json
 import math
 import platform
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .. import __version__
+from .. import __version__, progress
 from ..data.fewshot import shots_shortfall, train_counts
 from ..data.images import ImageDataset, check_readable, policy_transforms
 from ..data.masks import DiskMasks, MaskedImageDataset, PairedTrainTransform
@@ -370,7 +369,9 @@ def _train_epochs(
     if mask_source is not None and not cached:
         size, norm = model.backbone.image_size, image_norm(model.backbone)
         paired = policy_transforms(train_policies(task, cfg), lambda p: PairedTrainTransform(size, *norm, augment=p))
-    show = cfg.progress and sys.stderr.isatty()
+    show = cfg.progress and progress.bars_enabled()
+    lines = cfg.progress and progress.lines_enabled()  # no terminal: one line per epoch
+    session_t0, session_epochs = time.perf_counter(), 0
     for epoch in range(start_epoch, epochs):
         if hasattr(model, "prepare_epoch"):  # e.g. DAPT-G recomputes its Grad-CAM masks
             model.prepare_epoch(epoch, task.train, device)
@@ -435,6 +436,11 @@ def _train_epochs(
             "steps": count, "seconds": round(time.perf_counter() - e0, 3),
         }
         metrics.append(row)
+        session_epochs += 1
+        if lines:
+            per_epoch = (time.perf_counter() - session_t0) / session_epochs
+            progress.say(progress.epoch_line(epoch, epochs, row["loss"], row["train_acc"], lr, row["seconds"],
+                                             per_epoch * (epochs - epoch - 1)))
         if run is not None:
             run.save_checkpoint({
                 "epoch": epoch, "fingerprint": fingerprint, "model": model.prompt_state_dict(),

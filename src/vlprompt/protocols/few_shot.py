@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from .runs import RunSpec, train_run
 from .tables import markdown_table, write_summary
 
@@ -19,6 +20,7 @@ def few_shot(
         >>> few_shot(RunSpec("coop", "", "~/data", out="runs/fs", preset="paper"), ["eurosat"])
     """
     rows = []
+    progress.plan(len(datasets) * len(shots) * len(seeds))
     for ds in datasets:
         for k in shots:
             for seed in seeds:

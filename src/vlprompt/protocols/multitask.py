@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from .. import progress
 from ..data import load_dataset, split_group
 from ..engine.loggers import log_results
 from ..engine.run import RunDir
@@ -204,6 +205,7 @@ def multitask(
         raise ConfigError("linear-probe cannot be a base-to-new baseline: it has no classifier for the new "
                           "classes; use baselines=['zeroshot']")
     runs: list[dict[str, Any]] = []
+    progress.plan(len(groups) * len(shots) * len(seeds))
     for group in groups:
         slug = group_slug(group)
         for k in shots:
