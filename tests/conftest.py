@@ -11,6 +11,18 @@ import vlprompt as vp
 from vlprompt.data import make_image_folder
 
 
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    """No ``[vlprompt]`` progress lines on captured stderr (tests of those lines use ``progress_lines``)."""
+    monkeypatch.setenv("VLPROMPT_QUIET", "1")
+
+
+@pytest.fixture
+def progress_lines(monkeypatch):
+    """Progress output enabled, as for a user without ``--quiet``."""
+    monkeypatch.delenv("VLPROMPT_QUIET", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_bb():
     """tiny-clip (random init unless the embedded weights ship) with CLIP's temperature 100."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, VlpromptError, VlpromptWarning
+from .progress import quiet_if
 
 
 def _parse_options(pairs: list[str], method: str) -> dict[str, Any]:
@@ -74,6 +75,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="mirror metrics and results into tensorboard and/or wandb (comma-separated; "
                         "<out>/tensorboard/, <out>/wandb/ offline unless WANDB_MODE is set)")
     p.add_argument("--log-project", help="W&B project (default: $WANDB_PROJECT or vlprompt)")
+    _add_quiet(p)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (tqdm bars on a terminal, '[vlprompt] ...' lines on stderr otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list datasets (with --root: which are present)")
     p.add_argument("--root", help="data root ($DATA): each dataset present / incomplete / missing, and why")
     p.add_argument("--check", action="store_true", help="with --root: open every listed image, list unreadable ones")
+    _add_quiet(p)
 
     p = sub.add_parser("train", help="train a method on a dataset and write a run directory")
     p.add_argument("--method", required=True)
@@ -490,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return pretrain_main(argv[1:])
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_if(getattr(args, "quiet", False)):
         warnings.showwarning = _show_warning
         try:
             rc = COMMANDS[args.command](args)

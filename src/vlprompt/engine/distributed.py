@@ -58,3 +58,10 @@ def sum_scalar(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (one all-reduce; nothing with one process) and return it."""
+    if world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

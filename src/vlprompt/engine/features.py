@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 
+from .. import progress
 from ..backbones.base import Backbone
 from ..cache import cache_root
 from ..data.images import ImageDataset
@@ -106,6 +107,9 @@ class FeatureCache:
         path = self.dir / key[:2] / f"{key}.safetensors"
         feats = self._read(path, len(samples)) if self.persist and path.exists() else None
         if feats is None:
+            what = "plain" if kind == "test" else f"augmented view {view} ({augment})"
+            kept = f" -> {self.dir}" if self.persist else ""
+            progress.say(f"extracting image features: {len(samples)} images, {what}, {self.backbone.name}{kept}")
             feats = self._compute(samples, kind, view, seed, augment)
             if self.persist:
                 self._write(path, feats)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .. import __version__
+from .. import __version__, progress
 from ..data.fewshot import shots_shortfall, train_counts
 from ..data.images import ImageDataset, check_readable, policy_transforms
 from ..data.masks import DiskMasks, MaskedImageDataset, PairedTrainTransform
@@ -33,7 +31,7 @@ from ..errors import ConfigError, TrainingError, VlpromptWarning
 from ..methods.base import PromptMethod, config_to_dict
 from ..prompt_io import method_identity, save_prompt
 from .config import TrainConfig
-from .distributed import init_from_env, shard, sum_gradients, sum_scalar
+from .distributed import init_from_env, shard, sum_gradients, sum_tensor
 from .evaluate import evaluate_samples, evaluate_task_group
 from .features import FeatureCache
 from .loggers import (
@@ -352,6 +350,40 @@ def diverged_message(loss: float, epoch: int, epochs: int, step: int, steps: int
     return f"the training loss is {loss} at {where}: {hint}{kept}"
 
 
+#: Training steps between two finiteness checks of the loss (each one host sync); the epoch's end
+#: is always one. The per-step losses stay on the device, so the first non-finite step is still named.
+SYNC_EVERY = 50
+
+
+def _check_finite(step_loss: torch.Tensor, start: int, stop: int, epoch: int, epochs: int, lr: float,
+                  precision: str, run: RunDir | None) -> None:
+    """Raise the :class:`TrainingError` of the first non-finite loss among steps ``start .. stop - 1``."""
+    if stop <= start:
+        return
+    bad = ~torch.isfinite(step_loss[start:stop])
+    if not bool(bad.any()):  # the host sync of this window
+        return
+    step = start + int(bad.nonzero()[0, 0])
+    msg = diverged_message(float(step_loss[step]), epoch, epochs, step, step_loss.numel(), lr, precision, run)
+    if run is not None:
+        run.log(f"error: {msg}")
+    raise TrainingError(msg)
+
+
+def _epoch_sums(step_loss: torch.Tensor, step_acc: torch.Tensor, scales: list[float]) -> tuple[float, float]:
+    """The epoch's summed loss and accuracy, added step by step in the order (and float64 arithmetic) of
+    a per-step host accumulation; under torchrun each step is first summed over ranks (one all-reduce)."""
+    scaled_acc = step_acc * torch.tensor(scales, dtype=torch.float64, device=step_acc.device)
+    both = torch.stack([step_loss, scaled_acc])
+    sum_tensor(both)
+    losses, accs = both.tolist()
+    tot_loss, tot_acc = 0.0, 0.0
+    for loss, acc in zip(losses, accs, strict=True):
+        tot_loss += loss
+        tot_acc += acc
+    return tot_loss, tot_acc
+
+
 def _train_epochs(
     model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
     fingerprint, prior_seconds, t0, on_epoch_end, logger: RunLogger | None = None,
@@ -370,7 +402,9 @@ def _train_epochs(
     if mask_source is not None and not cached:
         size, norm = model.backbone.image_size, image_norm(model.backbone)
         paired = policy_transforms(train_policies(task, cfg), lambda p: PairedTrainTransform(size, *norm, augment=p))
-    show = cfg.progress and sys.stderr.isatty()
+    show = cfg.progress and progress.bars_enabled()
+    lines = cfg.progress and progress.lines_enabled()  # no terminal: one line per epoch
+    session_t0, session_epochs = time.perf_counter(), 0
     for epoch in range(start_epoch, epochs):
         if hasattr(model, "prepare_epoch"):  # e.g. DAPT-G recomputes its Grad-CAM masks
             model.prepare_epoch(epoch, task.train, device)
@@ -399,7 +433,10 @@ def _train_epochs(
             from tqdm import tqdm
 
             steps = tqdm(steps, total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        tot_loss, tot_acc, count = 0.0, 0.0, 0
+        # per-step loss and accuracy stay on the device: no host sync per step (SYNC_EVERY)
+        step_loss = torch.zeros(len(batches), dtype=torch.float64, device=device)
+        step_acc = torch.zeros(len(batches), dtype=torch.float64, device=device)
+        count, checked = 0, 0
         params = model.trainable_parameters()
         for batch, scale in zip(steps, scales, strict=True):
             optimizer.zero_grad(set_to_none=True)
@@ -407,16 +444,11 @@ def _train_epochs(
                 with autocast(precision, device):
                     out = model.loss(batch)
                 loss = out["loss"] * scale
-                if not math.isfinite(float(loss.detach())):
-                    msg = diverged_message(float(out["loss"].detach()), epoch, epochs, count, len(batches), lr,
-                                           precision, run)
-                    if run is not None:
-                        run.log(f"error: {msg}")
-                    raise TrainingError(msg)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss, step_acc = float(loss.detach()), float(out.get("acc", 0.0)) * scale
-            else:  # more ranks than images in this batch
-                step_loss, step_acc = 0.0, 0.0
+                step_loss[count] = loss.detach()  # exact: fp32/bf16 -> fp64
+                acc = out.get("acc", 0.0)
+                step_acc[count] = acc.detach() if isinstance(acc, torch.Tensor) else float(acc)
+            # else: more ranks than images in this batch; the step counts 0
             sum_gradients(params)
             if scaler is not None:
                 scaler.unscale_(optimizer)
@@ -427,14 +459,22 @@ def _train_epochs(
                 scaler.update()
             else:
                 optimizer.step()
-            tot_loss += sum_scalar(step_loss, device)
-            tot_acc += sum_scalar(step_acc, device)
             count += 1
+            if count - checked >= SYNC_EVERY:
+                _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
+                checked = count
+        _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
+        tot_loss, tot_acc = _epoch_sums(step_loss, step_acc, scales)
         row = {
             "epoch": epoch, "lr": lr, "loss": tot_loss / max(count, 1), "train_acc": 100 * tot_acc / max(count, 1),
             "steps": count, "seconds": round(time.perf_counter() - e0, 3),
         }
         metrics.append(row)
+        session_epochs += 1
+        if lines:
+            per_epoch = (time.perf_counter() - session_t0) / session_epochs
+            progress.say(progress.epoch_line(epoch, epochs, row["loss"], row["train_acc"], lr, row["seconds"],
+                                             per_epoch * (epochs - epoch - 1)))
         if run is not None:
             run.save_checkpoint({
                 "epoch": epoch, "fingerprint": fingerprint, "model": model.prompt_state_dict(),

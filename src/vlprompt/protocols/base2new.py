@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..engine.loggers import log_results
 from ..engine.run import RunDir
 from ..engine.train import hm
@@ -27,6 +28,7 @@ def base2new(
         >>> base2new(spec, ["eurosat", "dtd"], seeds=[1, 2, 3])["average"]["hm"]
     """
     rows = []
+    progress.plan(len(datasets) * len(seeds))
     for ds in datasets:
         for seed in seeds:
             out = Path(template.out) / ds / f"seed{seed}"

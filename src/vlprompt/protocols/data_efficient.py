@@ -15,6 +15,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
+from .. import progress
 from ..backbones.base import Backbone
 from ..data.selection import NEEDS_FEATURES, select_indices
 from ..data.task import Task
@@ -68,6 +69,7 @@ def data_efficient(
         >>> data_efficient(spec, ["eurosat"], ratios=[0.1, 0.5], selection="herding")["average"]
     """
     rows = []
+    progress.plan(len(datasets) * len(ratios) * len(seeds))
     for ds in datasets:
         for ratio in ratios:
             for seed in seeds:

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..errors import ConfigError
 from .runs import RunSpec, train_run
 from .tables import markdown_table, write_summary
@@ -42,6 +43,7 @@ def few_shot(
     if repeats is not None:
         return _lpclip_few_shot(template, datasets, list(shots), repeats)
     rows = []
+    progress.plan(len(datasets) * len(shots) * len(seeds))
     for ds in datasets:
         for k in shots:
             for seed in seeds:

@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from .. import progress
 from ..data import load_dataset, split_group
 from ..engine.loggers import log_results
 from ..engine.run import RunDir
@@ -214,6 +215,7 @@ def multitask(
                           "classes; use baselines=['zeroshot']")
     check_groups(template, groups, shots, seeds, base2new)
     runs: list[dict[str, Any]] = []
+    progress.plan(len(groups) * len(shots) * len(seeds))
     for group in groups:
         slug = group_slug(group)
         for k in shots:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..backbones import load_backbone
 from ..backbones.base import Backbone
 from ..data import ensemble_templates, load_dataset, task_structure
@@ -91,7 +92,9 @@ def train_run(
     run = RunDir(spec.out)
     done = run.read_results()
     if skip_done and not restart and done is not None and "acc" in done:
+        progress.run_skipped(str(spec.out))
         return done
+    progress.run_started(str(spec.out))
     base = spec.method.split("+")[0]
     get_method_class(base)  # unknown names fail before anything is loaded or written
     preset = resolve_preset(spec.method, spec.preset, spec.shots, spec.dataset)
@@ -126,6 +129,7 @@ def train_run(
     if spec.selection:
         res = {**res, "selection": spec.selection, "data_ratio": spec.data_ratio, "n_train": len(task.train)}
         RunDir(spec.out).write_results(res)
+    progress.run_finished(str(spec.out), res.get("acc"))
     return res
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from .runs import RunSpec, evaluate_run, train_run
 from .tables import markdown_table, summarize_acc, write_summary
 
@@ -28,6 +29,7 @@ def transfer(
         >>> transfer(spec, ["caltech101", "oxford_pets"])
     """
     rows = []
+    progress.plan(len(seeds))
     for seed in seeds:
         out = Path(template.out) / template.dataset / f"seed{seed}"
         spec = dataclasses.replace(template, seed=seed, subsample="all", out=str(out))

@@ -41,6 +41,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+from .. import progress
 from ..data import canonical_name
 from ..data.vtab import GROUPS, VTAB_TASKS, vtab_group
 from ..engine.run import atomic_write
@@ -377,6 +378,8 @@ def vtab(
     rows: list[dict[str, Any]] = []
     pruned_rows: list[dict[str, Any]] = []
     pruning: dict[str, dict[str, Any]] = {}
+    grid = len(lrs or VTAB_LRS) * len(wds) if tune else 0
+    progress.plan(len(set(datasets)) * (grid + len(seeds) * (2 if prune is not None else 1)))
     for name in dict.fromkeys(canonical_name(ds) for ds in datasets):  # unknown names fail before any run
         if tune:
             best = tune_task(template, name, lrs, wds, seed=seeds[0] if tune_seed is None else tune_seed,

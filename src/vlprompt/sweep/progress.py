@@ -28,7 +28,7 @@ class Progress:
     """
 
     def __init__(self, total: int, already_done: int = 0, stream: TextIO | None = None,
-                 use_tqdm: bool | None = None) -> None:
+                 use_tqdm: bool | None = None, quiet: bool = False) -> None:
         self.total, self.already = total, already_done
         self.done, self.failed = already_done, 0
         self.skipped = 0  # runs another sweep is running (their lock is live)
@@ -36,8 +36,9 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.t0 = time.time()
         isatty = getattr(self.stream, "isatty", lambda: False)()
+        self.quiet = quiet  # --quiet: only failures are reported
         self._bar: Any = None
-        if use_tqdm if use_tqdm is not None else isatty:
+        if (use_tqdm if use_tqdm is not None else isatty) and not self.quiet:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=already_done, desc="sweep", file=self.stream, unit="run")
@@ -62,6 +63,8 @@ class Progress:
                 f"{self.remaining} remaining, ETA {'?' if eta is None else _fmt_seconds(eta)}")
 
     def _line(self, event: str) -> None:
+        if self.quiet and not event.startswith("FAILED"):
+            return
         self.stream.write(f"[sweep {_fmt_seconds(time.time() - self.t0)}] {self.summary()} | {event}\n")
         self.stream.flush()
 
@@ -94,7 +97,7 @@ class Progress:
         """One line about the sweep (not a run event), e.g. the Ray connection or a stale lock."""
         if self._bar is not None:
             self._bar.write(message, file=self.stream)
-        else:
+        elif not self.quiet:
             self.stream.write(f"[sweep {_fmt_seconds(time.time() - self.t0)}] {message}\n")
             self.stream.flush()
 

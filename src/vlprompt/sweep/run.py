@@ -26,6 +26,7 @@ from typing import Any
 from ..engine.loggers import LOGGING_OPTIONS
 from ..engine.run import RunDir, atomic_write
 from ..errors import ConfigError, VlpromptError
+from ..progress import quiet_if
 from .lock import LOCK_FILE, RunLock, describe
 from .progress import Progress
 from .spec import Sweep, SweepRun, load_sweep
@@ -438,7 +439,7 @@ class _Claimed:
 
 def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None, address: str | None = None,
               cpus_per_run: float = 1.0, gpus_per_run: float | None = None, progress: Progress | None = None,
-              ray_timeout: float = RAY_CONNECT_TIMEOUT) -> dict[str, Any]:
+              ray_timeout: float = RAY_CONNECT_TIMEOUT, quiet: bool = False) -> dict[str, Any]:
     """Validate and expand ``sweep``, skip its complete runs and execute the others; returns the final status.
 
     The grid is checked against the registries first (:func:`~vlprompt.sweep.spec.validate_sweep`):
@@ -465,7 +466,7 @@ def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None,
     running: set[str] = set()
     held: dict[str, RunLock] = {}
     locked: dict[str, dict[str, Any]] = {}
-    prog = progress or Progress(total=len(runs), already_done=len(done))
+    prog = progress or Progress(total=len(runs), already_done=len(done), quiet=quiet)
 
     def status(finished: bool = False, now_running: Iterable[str] | None = None) -> None:
         _write_status(sweep, runs, done, failures, running if now_running is None else now_running, finished,
@@ -553,6 +554,8 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="backbone weights (replaces the file's 'weights')")
     p.add_argument("--dry-run", action="store_true",
                    help="check the file, list the runs and whether they are complete (done / todo / busy)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (the sweep's and its runs'); failures are still reported")
     return p
 
 
@@ -580,7 +583,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
     if main:
         signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill PID` stops the workers too
     try:
-        return _sweep_main(args)
+        with quiet_if(args.quiet):
+            return _sweep_main(args)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
@@ -594,7 +598,7 @@ def _sweep_main(args: argparse.Namespace) -> int:
             return 0
         status = run_sweep(sweep, executor=args.executor, workers=args.workers, address=args.address,
                            cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                           ray_timeout=args.ray_timeout)
+                           ray_timeout=args.ray_timeout, quiet=args.quiet)
     except VlpromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlprompt import progress
 from vlprompt.cache import cache_root, replace_dir
 
 from . import procedural as P
@@ -392,6 +394,8 @@ def generate_suite(root: str | os.PathLike[str], force: bool = False,
     root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not force and tasks is None and is_suite(root):
         return root
+    progress.say(f"generating the tiny suite into {root} (first use; about half a minute)")
+    started = time.perf_counter()
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -427,7 +431,9 @@ def generate_suite(root: str | os.PathLike[str], force: bool = False,
     manifest["test_identities"] = sorted(ids["test"])
     manifest["trainable_identities"] = sorted(ids["trainable"])
     _write(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    return replace_dir(tmp, root)
+    out = replace_dir(tmp, root)
+    progress.say(f"tiny suite ready in {time.perf_counter() - started:.1f}s: {out}")
+    return out
 
 
 def default_suite_dir() -> Path:
