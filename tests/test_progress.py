@@ -108,3 +108,32 @@ def test_sweep_quiet_keeps_failures():
     p.finish("b", False, "ValueError: boom")
     p.close()
     assert s.getvalue().count("\n") == 1 and "FAILED b: ValueError: boom" in s.getvalue()
+
+
+def test_a_protocol_plan_ends_with_the_protocol(capsys, progress_lines):
+    """A plan lasts only while its protocol runs (CI once saw a single ``train`` print ``run 4/4 start``
+    because a protocol earlier in the same process had left its plan behind)."""
+
+    @progress.protocol
+    def two_runs(fail: bool) -> None:
+        progress.plan(2)
+        progress.run_started("a")
+        progress.run_finished("a")
+        if fail:
+            raise RuntimeError("boom")
+
+    two_runs(False)
+    with pytest.raises(RuntimeError):
+        two_runs(True)
+    capsys.readouterr()
+    progress.run_started("single")
+    progress.run_finished("single")
+    assert _lines(capsys.readouterr().err)[0] == "[vlprompt] run start single"
+
+
+def test_every_protocol_is_scoped():
+    import importlib
+
+    for name in ("base2new", "data_efficient", "few_shot", "multitask", "transfer", "vtab"):
+        fn = getattr(importlib.import_module(f"vlprompt.protocols.{name}"), name)
+        assert getattr(fn, "__wrapped__", None) is not None, name

@@ -14,11 +14,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Environment variable that silences progress output (``1``); set by ``--quiet``.
 QUIET_ENV = "VLPROMPT_QUIET"
@@ -115,6 +120,27 @@ def plan(total: int) -> None:
     _PLAN = _Plan(total=max(int(total), 0))
 
 
+def protocol(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a protocol function: the :func:`plan` it announces lasts only while it runs.
+
+    On return or on an exception the plan that held before the call is restored (``None`` at top
+    level), so a later single ``train`` run, or the next protocol in the same process, never counts
+    on as ``run 4/4``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        global _PLAN
+        outer = _PLAN
+        _PLAN = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _PLAN = outer
+
+    return wrapper
+
+
 def _position() -> str:
     if _PLAN is None or _PLAN.total <= 0:
         return "run"
@@ -157,5 +183,5 @@ def run_finished(label: str, acc: float | None = None) -> None:
 
 __all__ = [
     "PREFIX", "QUIET_ENV", "bars_enabled", "duration", "epoch_line", "is_main_process", "lines_enabled", "plan",
-    "quiet", "quiet_if", "run_finished", "run_skipped", "run_started", "say", "set_quiet",
+    "protocol", "quiet", "quiet_if", "run_finished", "run_skipped", "run_started", "say", "set_quiet",
 ]

@@ -14,6 +14,7 @@ from .runs import RunSpec, evaluate_run, train_run
 from .tables import markdown_table, summarize_base2new, write_summary
 
 
+@progress.protocol
 def base2new(
     template: RunSpec, datasets: list[str], seeds: list[int] = (1, 2, 3), cache_dir: str | None = None
 ) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def select_subset(
     return task.with_splits(train=[task.train[i] for i in idx], extra={**task.extra, "selection": info})
 
 
+@progress.protocol
 def data_efficient(
     template: RunSpec, datasets: list[str], ratios: list[float] = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
     seeds: list[int] = (1, 2, 3), selection: str = "uniform",

@@ -18,6 +18,7 @@ from .runs import RunSpec, train_run
 from .tables import markdown_table, write_summary
 
 
+@progress.protocol
 def few_shot(
     template: RunSpec, datasets: list[str], shots: list[int] = (1, 2, 4, 8, 16), seeds: list[int] = (1, 2, 3),
     repeats: int | None = None,

@@ -184,6 +184,7 @@ def check_groups(template: RunSpec, groups: Sequence[str], shots: Sequence[int],
                      subsample="base" if base2new else "all")
 
 
+@progress.protocol
 def multitask(
     template: RunSpec, groups: list[str], shots: Sequence[int] = (16,), seeds: Sequence[int] = (1, 2, 3),
     base2new: bool = False, baselines: Sequence[str] = (),

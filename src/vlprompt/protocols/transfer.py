@@ -14,6 +14,7 @@ from .tables import markdown_table, summarize_acc, write_summary
 IMAGENET_SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
+@progress.protocol
 def transfer(
     template: RunSpec, targets: list[str], seeds: list[int] = (1, 2, 3), name: str = "cross_dataset",
     cache_dir: str | None = None,

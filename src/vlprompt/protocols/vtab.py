@@ -344,6 +344,7 @@ def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+@progress.protocol
 def vtab(
     template: RunSpec, datasets: Sequence[str], lrs: Sequence[float] | None = None, wds: Sequence[float] = WDS,
     seeds: Sequence[int] = VTAB_SEEDS, scale_lr: bool = True, tune: bool = True, tune_seed: int | None = None,
