@@ -205,6 +205,24 @@ def test_empty_class_outside_the_trained_half_is_fine(empty_class_root):
         load_dataset("imagefolder", empty_class_root, shots=2, subsample="new")
 
 
+def test_evaluation_only_needs_no_training_images(empty_class_root, cache_dir, tmp_path, capsys):
+    # before: zero-shot and the evaluation of a trained run on the new half were refused like training
+    task = load_dataset("imagefolder", empty_class_root, subsample="new", check_train=False)
+    assert "red_circle" in task.classnames or "red circle" in [c.replace("_", " ") for c in task.classnames]
+    with pytest.raises(DatasetError, match="no training images"):
+        load_dataset("imagefolder", empty_class_root, subsample="new")  # the default still checks
+    out = tmp_path / "zs"
+    argv = ["train", "--method", "zeroshot", "--dataset", "imagefolder", "--root", str(empty_class_root),
+            "--out", str(out), "--cache-dir", cache_dir]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["n_test"] > 0
+    trained = tmp_path / "base"
+    assert main(_train(empty_class_root, trained, cache_dir, "--subsample", "base")) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(trained), "--subsample", "new", "--cache-dir", cache_dir]) == 0, \
+        capsys.readouterr().err
+
+
 def test_split_file_class_only_in_test_is_an_error(tmp_path):
     ddir = BUILDERS["dtd"](tmp_path)
     path = ddir / "split_zhou_DescribableTextures.json"

@@ -79,6 +79,24 @@ def test_config_defaults_and_init(timm_bb):
         vp.build_method("vpt-shallow", timm_bb, NAMES, num_tokens=0)
 
 
+@pytest.mark.parametrize("method, option", [("vpt-shallow", "num_tokens"), ("vpt-deep", "num_tokens"),
+                                            ("e2vpt", "num_tokens"), ("e2vpt", "num_kv_tokens")])
+def test_token_counts_are_bounded_before_anything_is_built(method, option, timm_bb, monkeypatch):
+    """A typo or a tampered prompt.json (10**9 tokens) stops at the Config, before any tensor exists."""
+    from vlprompt.methods.vpt import MAX_PROMPT_TOKENS
+
+    def no_tensor(*args, **kwargs):
+        raise AssertionError("a tensor was allocated")
+
+    monkeypatch.setattr(torch, "empty", no_tensor)
+    monkeypatch.setattr(torch, "zeros", no_tensor)
+    for n in (MAX_PROMPT_TOKENS + 1, 10**9):
+        with pytest.raises(ConfigError, match=rf"{option} must be in \[\d, {MAX_PROMPT_TOKENS}\].*got {n}"):
+            vp.build_method(method, timm_bb, NAMES, **{option: n})
+    monkeypatch.undo()
+    assert vp.build_method(method, timm_bb, NAMES, **{option: 200}) is not None  # VPT's largest grid value
+
+
 def test_shallow_layout_after_cls(timm_bb):
     """The first block sees 1 CLS + p prompts + patches, with the prompts right after CLS, unchanged."""
     torch.manual_seed(0)

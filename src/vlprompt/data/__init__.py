@@ -78,6 +78,7 @@ def load_dataset(
     subsample: str = "all",
     split_file: str | os.PathLike[str] | None = None,
     split: str | None = None,
+    check_train: bool = True,
 ) -> Task:
     """Load a registered dataset, optionally few-shot sampled and class-subsampled.
 
@@ -97,6 +98,9 @@ def load_dataset(
         split: VTAB-1k / FGVC protocol stage (applied first): ``"tune"`` (train800 → val200; FGVC
             train → val) or ``"final"`` (train800val200 → test; FGVC train → test); see
             :func:`vlprompt.data.vtab.select_split`.
+        check_train: refuse a class without training images (below). ``False`` for evaluation only
+            (zero-shot, transfer targets, the new classes of a trained run), where training images
+            are never used.
 
     A task group (``"tiny-group/<name>"``, a group ``.yaml``, a ``split_dk_*.json``, ``"a,b"``) is
     loaded by :func:`~vlprompt.data.multitask.load_task_group` (per-task sampling, global labels).
@@ -117,7 +121,7 @@ def load_dataset(
     if is_group_spec(name):
         if split_file is not None:
             raise ConfigError("split_file is not supported for task groups; few-shot samples are drawn per task")
-        return load_task_group(name, root, shots=shots, seed=seed, subsample=subsample)
+        return load_task_group(name, root, shots=shots, seed=seed, subsample=subsample, check_train=check_train)
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
         raise ConfigError(f"shots={shots!r} is invalid; expected a positive integer or None")
     canonical = canonical_name(name)
@@ -138,4 +142,5 @@ def load_dataset(
             task.shots = shots
     elif shots is not None:
         task = apply_few_shot(task, shots, seed)
-    return check_train_classes(subsample_classes(task, subsample))
+    task = subsample_classes(task, subsample)
+    return check_train_classes(task) if check_train else task

@@ -352,7 +352,7 @@ def read_group_config(path: str | os.PathLike[str]) -> tuple[str, list[Any], str
     return name, members, resolve(root) if root else None
 
 
-def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task]:
+def _member_tasks(member: Any, root: str | os.PathLike[str] | None, check_train: bool = True) -> list[Task]:
     """The full (not few-shot) tasks of one group member, with ``extra`` task names and metrics."""
     from . import load_dataset
     from .registry import canonical_name
@@ -369,7 +369,7 @@ def _member_tasks(member: Any, root: str | os.PathLike[str] | None) -> list[Task
         tasks = read_split_dk(member["split_dk"], member.get("image_dir"), dataset=member.get("dataset"))
     else:
         ds = member["dataset"]
-        task = load_dataset(ds, member.get("root", root))
+        task = load_dataset(ds, member.get("root", root), check_train=check_train)
         if member.get("split") == "dk":
             found = sorted(Path(task.root).glob("split_dk_*.json"))
             if len(found) != 1:
@@ -469,8 +469,11 @@ def load_task_group(
     shots: int | None = 16,
     seed: int = 1,
     subsample: str = "all",
+    check_train: bool = True,
 ) -> Task:
     """Load a task group (see the module docstring), few-shot sampled and subsampled per task.
+
+    ``check_train=False`` (evaluation only) skips the check that every class has a training image.
 
     Args:
         group: ``"tiny-group/<name>"``, a YAML group file, a ``split_dk_*.json`` file, a list of members
@@ -507,7 +510,7 @@ def load_task_group(
             raise ConfigError(f"{s!r} is not a task group; expected '{TINY_GROUP_PREFIX}<name>', a .yaml file, a "
                               "split_dk_<Name>.json file or comma-separated dataset names")
     try:
-        tasks = [t for m in members for t in _member_tasks(m, root)]
+        tasks = [t for m in members for t in _member_tasks(m, root, check_train)]
     except DatasetError as exc:
         if isinstance(group, str) and named_group(group) is not None:
             raise layout_error(group, exc) from exc
@@ -518,4 +521,5 @@ def load_task_group(
         if shots is not None:
             t = apply_few_shot(t, shots, seed)
         out.append(subsample_classes(t, subsample))
-    return check_train_classes(merge_tasks(out, name))
+    merged = merge_tasks(out, name)
+    return check_train_classes(merged) if check_train else merged

@@ -41,7 +41,7 @@ from torch import nn
 from ..backbones.base import Backbone, KVPrompt, VisualPrompts
 from ..errors import ConfigError, VlpromptWarning
 from .base import register_method
-from .vpt import VPTDeep, VPTDeepConfig
+from .vpt import MAX_PROMPT_TOKENS, VPTDeep, VPTDeepConfig
 
 #: Cumulative pruning levels (percent) of the reference schedule.
 PRUNE_LEVELS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -78,8 +78,8 @@ class E2VPTConfig(VPTDeepConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_kv_tokens < 0:
-            raise ConfigError(f"e2vpt num_kv_tokens must be >= 0, got {self.num_kv_tokens}")
+        if not 0 <= self.num_kv_tokens <= MAX_PROMPT_TOKENS:
+            raise ConfigError(f"e2vpt num_kv_tokens must be in [0, {MAX_PROMPT_TOKENS}], got {self.num_kv_tokens}")
         if not 0.0 <= self.kv_dropout < 1.0:
             raise ConfigError(f"e2vpt kv_dropout must be in [0, 1), got {self.kv_dropout}")
         if self.kv_dropout and not self.kv_dropout_in_training:

@@ -58,6 +58,11 @@ from .prompting import clean_classname
 
 Classifier = Literal["linear", "text"]
 
+#: Largest ``num_tokens`` accepted: 5x the largest value of VPT's search grid (200). Every prompt token
+#: joins every block's attention, so a larger count (a typo, a tampered ``prompt.json``) would only
+#: allocate memory for minutes before failing; it is refused before anything is built.
+MAX_PROMPT_TOKENS = 1000
+
 #: Bias of the reference head ("special bias", prior probability 0.01).
 HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
 
@@ -81,8 +86,9 @@ class VPTConfig:
     template: str = "a photo of a {}."
 
     def __post_init__(self) -> None:
-        if self.num_tokens < 1:
-            raise ConfigError(f"vpt num_tokens must be >= 1, got {self.num_tokens}")
+        if not 1 <= self.num_tokens <= MAX_PROMPT_TOKENS:
+            raise ConfigError(f"vpt num_tokens must be in [1, {MAX_PROMPT_TOKENS}] (VPT's grid goes up to 200), "
+                              f"got {self.num_tokens}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"vpt dropout must be in [0, 1), got {self.dropout}")
         if self.classifier not in ("linear", "text"):

@@ -104,7 +104,8 @@ def train_run(
     bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
     get_method_class(base).check_backbone(bb, method_opts)  # e.g. MaPLe's prompt_depth, before the data work
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
-                        split_file=spec.split_file, split=spec.split)
+                        split_file=spec.split_file, split=spec.split,
+                        check_train=get_method_class(base).needs_training)
     fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}
     if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
         own = KGCOOP_DTD_TEMPLATE if base == "kgcoop" and task.name == "dtd" else task.template
@@ -148,7 +149,7 @@ def evaluate_run(
         raise ConfigError(f"{run.path} is not a run directory (no config.yaml); train one with `vlprompt train`")
     bcfg = cfg["backbone"]
     bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
-    task = load_dataset(dataset, root, subsample=subsample)
+    task = load_dataset(dataset, root, subsample=subsample, check_train=False)  # evaluation only
     model = load_prompt(run.path, bb)
     if task.extra.get("tasks") and "tasks" in config_to_dict(model.config):  # multi-task method on a group
         model.set_classnames(task.classnames, tasks=task_structure(task))
