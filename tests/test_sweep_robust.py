@@ -334,6 +334,44 @@ def test_runs_locked_by_a_live_sweep_are_skipped_and_stale_locks_taken_over(suit
     assert _locks(tmp_path / "out") == []
 
 
+def test_a_lock_is_never_seen_without_its_content(tmp_path, monkeypatch):
+    """A sweep SIGKILLed between creating its lock and writing it used to leave an empty lock, which a
+    restart within 30 s respected as live (the run was reported locked, exit 3). The lock now appears
+    with its content in one step; a killed writer leaves only a draft, removed once it is old."""
+    import vlprompt.sweep.lock as lockmod
+
+    lock = RunLock(tmp_path / "run")
+    seen = []
+    real_link = os.link
+
+    def spy_link(src, dst, *a, **k):
+        seen.append(Path(src).read_text())  # the draft is complete before it becomes the lock
+        return real_link(src, dst, *a, **k)
+
+    monkeypatch.setattr(lockmod.os, "link", spy_link)
+    assert lock.acquire().ok
+    assert json.loads(seen[0]) == lock.read() and lock.read()["pid"] == os.getpid()
+    lock.release()
+    # the remains of a writer killed after writing its draft: an old draft goes, a fresh one stays
+    old = tmp_path / "run" / ".sweep.lock.draft-999999-deadbeef"
+    fresh = tmp_path / "run" / ".sweep.lock.draft-999998-cafecafe"
+    for f in (old, fresh):
+        f.write_text("{}")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert lock.acquire().ok
+    assert not old.exists() and fresh.exists() and lock.read()["pid"] == os.getpid()
+    lock.release()
+    # a file system without hard links: exclusive create, then write
+    def no_link(src, dst, *a, **k):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(lockmod.os, "link", no_link)
+    assert lock.acquire().ok and lock.read()["pid"] == os.getpid()
+    assert not RunLock(tmp_path / "run").acquire().ok  # held
+    lock.release()
+    assert [f.name for f in (tmp_path / "run").iterdir()] == [fresh.name]
+
+
 def test_lock_takeover_is_atomic_and_release_keeps_foreign_locks(tmp_path):
     lock = RunLock(tmp_path / "run")
     assert lock.acquire().ok and not RunLock(tmp_path / "run").acquire().ok  # O_EXCL: one owner

@@ -1,7 +1,9 @@
 """Run locks: a sweep claims a run with ``<run>/sweep.lock`` before executing it.
 
 Two sweeps started on the same output folder therefore never run the same run at once: the lock is
-created atomically (``O_CREAT | O_EXCL``) and holds the owner's pid, host name and start time. A lock
+created atomically with its content (written to a private file, then hard-linked to ``sweep.lock``,
+which fails if the lock exists; ``O_CREAT | O_EXCL`` where the file system has no hard links) and holds
+the owner's pid, host name and start time, so a crash never leaves an empty lock behind. A lock
 whose owner is gone (its pid is dead on this host, reused by another process, or the host rebooted) is
 stale and is taken over; a lock written on another host cannot be checked and is respected (delete the
 file by hand when that sweep is known to be dead). The lock is removed when the run ends.
@@ -30,6 +32,22 @@ from vlprompt.workers import pid_alive, proc_start
 LOCK_FILE = "sweep.lock"
 #: a lock file without readable content older than this is the remains of a crashed writer
 _EMPTY_STALE_SECONDS = 30.0
+
+
+#: private files a lock is written to before it is linked into place (``.sweep.lock.draft-<pid>-<hex>``)
+_DRAFT_PREFIX = f".{LOCK_FILE}.draft-"
+
+
+def _remove_dead_drafts(folder: Path) -> None:
+    """Delete lock drafts left by writers killed between writing and removing them. A draft lives for
+    microseconds, so one older than ``_EMPTY_STALE_SECONDS`` is such a remain (on any host)."""
+    now = time.time()
+    for draft in folder.glob(f"{_DRAFT_PREFIX}*"):
+        try:
+            if now - draft.stat().st_mtime > _EMPTY_STALE_SECONDS:
+                draft.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def _boot_id() -> str | None:
@@ -121,13 +139,26 @@ class RunLock:
         return info or {"pid": "?", "host": "?"}
 
     def _create(self) -> bool:
+        """Create the lock with its content in one step: a lock file is never seen empty, even when
+        the writer is killed (an empty lock would be respected as live for ``_EMPTY_STALE_SECONDS``)."""
         info = lock_info()
+        _remove_dead_drafts(self.path.parent)
+        draft = self.path.with_name(f"{_DRAFT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(info) + "\n")
+            draft.write_text(json.dumps(info) + "\n")
+            try:
+                os.link(draft, self.path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this file system: exclusive create, then write
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(info) + "\n")
+        finally:
+            draft.unlink(missing_ok=True)
         self.info = info
         return True
 
