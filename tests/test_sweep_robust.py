@@ -326,6 +326,14 @@ def test_runs_locked_by_a_live_sweep_are_skipped_and_stale_locks_taken_over(suit
     err = capsys.readouterr().err
     assert f"{r2.id}: took over the stale lock of a sweep that is gone (pid {dead['pid']} on host" in err
     assert all(is_complete(r) for r in (r1, r2, r3)) and _locks(tmp_path / "out") == []
+    # killed after a run's results, before its release: the finished run's stale lock is removed on the
+    # next start; a live sweep's lock on a finished run stays
+    (Path(r1.out) / LOCK_FILE).write_text(json.dumps({**live, "pid": _dead_pid()}))
+    (Path(r2.out) / LOCK_FILE).write_text(json.dumps(live))
+    assert sweep_main([str(f)]) == 0
+    capsys.readouterr()
+    assert _locks(tmp_path / "out") == [Path(r2.out) / LOCK_FILE]
+    (Path(r2.out) / LOCK_FILE).unlink()
     # a failing run releases its lock too
     bad = _write(tmp_path / "bad.yaml", {"methods": ["zeroshot"], "shots": [1], "out": str(tmp_path / "out"),
                                          "datasets": [{"name": "imagefolder", "root": str(tmp_path / "no"),

@@ -462,6 +462,11 @@ def run_sweep(sweep: Sweep, executor: str = "local", workers: int | None = None,
     atomic_write(out / "sweep_runs.json", json.dumps([asdict(r) for r in runs], indent=2, default=str) + "\n")
     done = {r.id for r in runs if is_complete(r)}
     todo = [r for r in runs if r.id not in done]
+    for r in runs:  # a sweep killed after a run's results, before its release, left the lock of a finished run
+        if r.id in done and (Path(r.out) / LOCK_FILE).exists():
+            leftover = RunLock(r.out)
+            if leftover.acquire().ok:  # stale: taken over, then removed; a live sweep's lock stays
+                leftover.release()
     failures: dict[str, str] = {}
     running: set[str] = set()
     held: dict[str, RunLock] = {}
