@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import vlprompt as vp
+from data_fixtures import make_dtd
 from vlprompt.data.masks import ArrayMasks
 from vlprompt.engine.features import FeatureCache
 from vlprompt.engine.train import train_policies
@@ -238,3 +239,19 @@ def test_engine_names_no_method_and_probes_no_method_attribute():
                 target = node.args[0]
                 assert not (isinstance(target, ast.Name) and target.id == "model"), (
                     f"{path.name}:{node.lineno} probes the method with {node.func.id}; declare it in its TrainingPlan")
+
+
+def test_a_method_declares_its_own_dataset_template(tmp_path, cache_dir):
+    """KgCoOp's DTD template comes from its ``dataset_templates``, not from a name check in the protocols."""
+    from vlprompt.data.templates import KGCOOP_DTD_TEMPLATE
+    from vlprompt.engine.run import RunDir
+    from vlprompt.protocols.runs import RunSpec, train_run
+
+    make_dtd(tmp_path)
+    train = {"epochs": 1, "batch_size": 2, "precision": "fp32", "cache_dir": cache_dir, "feature_views": 1}
+    for method, template in (("kgcoop", KGCOOP_DTD_TEMPLATE), ("zeroshot", "{} texture.")):
+        out = tmp_path / "runs" / method
+        train_run(RunSpec(method, "dtd", str(tmp_path), str(out), shots=1, method_options={"n_ctx": 2}
+                          if method == "kgcoop" else {}, train_options=train, device="cpu"))
+        assert RunDir(out).read_config()["method_config"]["template"] == template
+    assert get_method_class("coop").dataset_templates == {}
