@@ -124,13 +124,55 @@ class _FitThenTune(PromptMethod):
         return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": 0.0}
 
 
+class _AveragedProbe(PromptMethod):
+    """Steps on cached views; the after-epoch hook sums the head over epochs (kept in the checkpoint through
+    ``training_state``) and the after-training hook installs the average (a PromptSRC-like aggregation)."""
+
+    name = "test-averaged-probe"
+    Config = _ProbeConfig
+    plan = TrainingPlan(steps="image-features", after_epoch=True, after_training=True)
+
+    def __init__(self, backbone, classnames, config) -> None:
+        super().__init__(backbone, classnames, config)
+        self.head = nn.Linear(backbone.embed_dim, len(classnames))
+        self.total = torch.zeros_like(self.head.weight)
+        self.count = 0
+        self.ended: list[int] = []
+
+    def eval_text_features(self) -> None:
+        return None
+
+    def logits_from_features(self, image_features, text_features=None):
+        return self.head(image_features.float())
+
+    def loss(self, batch):
+        logits = self.head(batch["features"].float())
+        return {"loss": F.cross_entropy(logits, batch["labels"]), "acc": 0.0}
+
+    def end_epoch(self, epoch: int) -> None:
+        self.ended.append(epoch)
+        self.total = self.total + self.head.weight.detach()
+        self.count += 1
+
+    def training_state(self) -> dict:
+        return {"total": self.total.clone(), "count": self.count}
+
+    def load_training_state(self, state: dict) -> None:
+        self.total, self.count = state["total"].clone(), int(state["count"])
+
+    def finish_training(self, samples, device) -> dict:
+        with torch.no_grad():
+            self.head.weight.copy_(self.total / self.count)
+        return {"averaged_epochs": self.count}
+
+
 @pytest.fixture
 def throwaway_methods():
     """Register the throwaway methods for one test only (the registry matrix never sees them)."""
-    for cls in (_MaskedProbe, _FitThenTune):
+    for cls in (_MaskedProbe, _FitThenTune, _AveragedProbe):
         register_method(cls)
     yield
-    for cls in (_MaskedProbe, _FitThenTune):
+    for cls in (_MaskedProbe, _FitThenTune, _AveragedProbe):
         _REGISTRY.pop(cls.name, None)
 
 
@@ -201,6 +243,51 @@ def test_closed_form_fit_then_steps_on_cached_views(throwaway_methods, folder, t
     assert val_shape == (len(task.val), tiny_bb.embed_dim)
     assert res["fitted_classes"] == len(task.classnames) and res["epochs"] == 2 and res["feature_views"] == 2
     assert not torch.equal(model.head.weight, model.fitted)  # the steps continued from the fit
+
+
+def test_after_epoch_hook_state_survives_a_kill_and_the_average_is_installed(throwaway_methods, folder, tiny_bb,
+                                                                              cache_dir, tmp_path):
+    task = vp.load_dataset("imagefolder", folder)
+    opts = dict(epochs=3, batch_size=4, lr=0.05, precision="fp32", cache_dir=cache_dir, evaluate_test=False,
+                feature_views=2)
+    vp.seed_everything(1)
+    whole = vp.build_method("test-averaged-probe", tiny_bb, task.classnames)
+    snapshots: list[torch.Tensor] = []
+    res = vp.fit(whole, task, run_dir=str(tmp_path / "whole"), **opts,
+                 on_epoch_end=lambda e, row: snapshots.append(whole.head.weight.detach().clone()))
+    assert whole.ended == [0, 1, 2] and res["averaged_epochs"] == 3
+    expected = torch.zeros_like(snapshots[0])
+    for w in snapshots:  # the same additions in the same order: exact
+        expected = expected + w
+    assert torch.equal(whole.head.weight, expected / 3)
+    saved = vp.load_prompt(tmp_path / "whole" / "prompt.safetensors", tiny_bb)
+    assert torch.equal(saved.head.weight, expected / 3)  # the average is what is saved
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_first(epoch, row):
+        raise Kill
+
+    vp.seed_everything(1)
+    with pytest.raises(Kill):
+        vp.fit(vp.build_method("test-averaged-probe", tiny_bb, task.classnames), task,
+               run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint" / "last.pt", weights_only=True)
+    assert checkpoint["method_state"]["count"] == 1
+    vp.seed_everything(1)
+    resumed = vp.build_method("test-averaged-probe", tiny_bb, task.classnames)
+    vp.fit(resumed, task, run_dir=str(tmp_path / "resumed"), **opts)
+    assert resumed.ended == [1, 2] and resumed.count == 3
+    assert torch.equal(resumed.head.weight, whole.head.weight) and torch.equal(resumed.head.bias, whole.head.bias)
+
+
+def test_a_method_without_hook_state_writes_no_method_state(tiny_bb, folder, cache_dir, tmp_path):
+    task = vp.load_dataset("imagefolder", folder)
+    model = vp.build_method("coop", tiny_bb, task.classnames, n_ctx=2)
+    vp.fit(model, task, run_dir=str(tmp_path / "run"), epochs=1, batch_size=4, precision="fp32", cache_dir=cache_dir,
+           evaluate_test=False, feature_views=1)
+    assert "method_state" not in torch.load(tmp_path / "run" / "checkpoint" / "last.pt", weights_only=True)
 
 
 def test_plan_checks_and_read_only_views():

@@ -272,6 +272,8 @@ def _fit_and_evaluate(ctx: RunContext) -> dict[str, Any]:
         state = ctx.state
         if state is not None:
             model.load_prompt_state_dict(state["model"])
+            if "method_state" in state:  # what the method's hooks keep across epochs
+                model.load_training_state(state["method_state"])
             ctx.optimizer.load_state_dict(state["optimizer"])
             if ctx.scaler is not None and state.get("scaler"):
                 ctx.scaler.load_state_dict(state["scaler"])
@@ -560,6 +562,8 @@ def _train_epochs(ctx: RunContext) -> None:
                 _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
                 checked = count
         _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
+        if plan.after_epoch:  # e.g. an average of the prompts over epochs
+            model.end_epoch(epoch)
         tot_loss, tot_acc = _epoch_sums(step_loss, step_acc, scales)
         row = {
             "epoch": epoch, "lr": lr, "loss": tot_loss / max(count, 1), "train_acc": 100 * tot_acc / max(count, 1),
@@ -572,12 +576,16 @@ def _train_epochs(ctx: RunContext) -> None:
             progress.say(progress.epoch_line(epoch, epochs, row["loss"], row["train_acc"], lr, row["seconds"],
                                              per_epoch * (epochs - epoch - 1)))
         if run is not None:
-            run.save_checkpoint({
+            checkpoint = {
                 "epoch": epoch, "fingerprint": ctx.fingerprint, "model": model.prompt_state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "train_seconds": ctx.prior_seconds + time.perf_counter() - ctx.t0,
                 "metrics": [dict(r) for r in metrics],
-            })
+            }
+            method_state = model.training_state()
+            if method_state:
+                checkpoint["method_state"] = method_state
+            run.save_checkpoint(checkpoint)
             run.write_metrics(metrics)
             run.log(json.dumps(row))
             ctx.logger.log_metrics(epoch, epoch_scalars(row))

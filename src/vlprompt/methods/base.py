@@ -58,6 +58,9 @@ class TrainingPlan:
             Its dict goes into the results.
         before_epoch: call :meth:`PromptMethod.prepare_epoch` before every epoch (a resumed run
             calls it for the epochs it still trains).
+        after_epoch: call :meth:`PromptMethod.end_epoch` after every epoch's steps, before its
+            checkpoint (e.g. to accumulate an average of the prompts over epochs); what the hooks keep
+            across epochs goes into every checkpoint through :meth:`PromptMethod.training_state`.
         after_training: call :meth:`PromptMethod.finish_training` once after the last epoch, before
             evaluation and before the prompt is saved; its dict goes into the results.
     """
@@ -67,6 +70,7 @@ class TrainingPlan:
     masks: MaskSource = "data"
     fit_features: FeatureView | None = None
     before_epoch: bool = False
+    after_epoch: bool = False
     after_training: bool = False
 
     def __post_init__(self) -> None:
@@ -115,7 +119,8 @@ class PromptMethod(nn.Module):
 
     Class attributes:
         plan: the :class:`TrainingPlan`: what the training steps consume and which hooks
-            (:meth:`prepare_epoch`, ``fit_features``, :meth:`finish_training`) the engine calls.
+            (:meth:`prepare_epoch`, :meth:`end_epoch`, ``fit_features``, :meth:`finish_training`) the
+            engine calls.
             Default: steps on frozen image features, no hooks (CoOp).
         uses_image_features, needs_training, feature_transform, mask_source: read-only views of
             ``plan`` (``plan.image_features``; ``plan.trains``; the view of a closed-form fit, else
@@ -260,6 +265,18 @@ class PromptMethod(nn.Module):
         """The training masks of the current epoch when ``plan.masks == "model"`` (a
         :class:`~vlprompt.data.masks.ArrayMasks`-like object indexed by sample position)."""
         raise ConfigError(f"{self.name} declares no masks of its own (plan.masks={self.plan.masks!r})")
+
+    def end_epoch(self, epoch: int) -> None:
+        """Hook after every epoch's steps, before its checkpoint (``plan.after_epoch``). Default: nothing."""
+
+    def training_state(self) -> dict[str, Any]:
+        """What the hooks keep across epochs besides the prompt (tensors and plain values), stored in every
+        checkpoint so that a resumed run continues exactly; restored by :meth:`load_training_state`.
+        Default: nothing (``{}``, and the checkpoint has no such entry)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned, when a run resumes from a checkpoint."""
 
     def finish_training(self, samples: list[Any], device: torch.device) -> dict[str, Any]:
         """Hook after the last epoch, before evaluation and saving (``plan.after_training``), e.g. to

@@ -138,6 +138,16 @@ class DePT(PromptMethod):
         """The wrapped method's masks of the current epoch (DAPT-G)."""
         return self.inner.epoch_masks()
 
+    def end_epoch(self, epoch: int) -> None:
+        """Forward the engine's after-epoch hook to the wrapped method."""
+        self.inner.end_epoch(epoch)
+
+    def training_state(self) -> dict[str, Any]:
+        return self.inner.training_state()
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.inner.load_training_state(state)
+
     def finish_training(self, samples: list, device: torch.device) -> dict[str, Any]:
         """Forward the engine's after-training hook to the wrapped method."""
         return self.inner.finish_training(samples, device)
