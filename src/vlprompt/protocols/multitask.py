@@ -262,7 +262,7 @@ def _baseline_runs(template: RunSpec, group: str, name: str, shots: Sequence[int
     """The per-task results of one baseline on one group, as rows shaped like the joint runs'."""
     root = Path(template.out) / group_slug(group) / "baselines" / name
     out = []
-    if name == "zeroshot":  # no training: one evaluation per class subset serves every shots × seed
+    if not get_method_class(name).needs_training:  # one evaluation per class subset serves every shots × seed
         sub = ("base", "new") if base2new else ("all",)
         acc = {s: baseline_per_task(template, group, name, shots[0], seeds[0], s, root / s) for s in sub}
         for k in shots:
