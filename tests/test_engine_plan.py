@@ -304,6 +304,11 @@ def test_plan_checks_and_read_only_views():
     assert get_method_class("linear-probe").feature_transform == "test"
 
 
+def test_the_pre_plan_class_attributes_are_refused():
+    with pytest.raises(TypeError, match="uses_image_features; declare plan"):
+        type("OldStyle", (PromptMethod,), {"uses_image_features": False})
+
+
 def test_derived_attributes_cannot_drift_from_the_plan(tiny_bb):
     model = vp.build_method("coop", tiny_bb, ["a", "b"], n_ctx=2)
     with pytest.raises(AttributeError, match="plan"):

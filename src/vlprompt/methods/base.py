@@ -143,6 +143,14 @@ class PromptMethod(nn.Module):
     text_side_hint: ClassVar[str] = ""
     dataset_templates: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        old = [n for n in ("uses_image_features", "needs_training", "feature_transform", "mask_source")
+               if n in cls.__dict__ and not isinstance(cls.__dict__[n], _FromPlan)]
+        if old:  # the pre-plan way of declaring inputs: the engine would not see it
+            raise TypeError(f"{cls.__name__} sets {', '.join(old)}; declare plan = TrainingPlan(...) instead "
+                            "(see docs/methods.md)")
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: Any) -> None:
         super().__init__()
         self.backbone = backbone
