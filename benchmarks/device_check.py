@@ -159,7 +159,8 @@ def method_check(name: str, bb: Any, classnames: list[str], precision: str, devi
     labels = torch.arange(batch, device=device) % n_cls
     out: dict[str, Any] = {}
     reset_peak(device)
-    if hasattr(model, "fit_features"):  # linear probe: closed-form fit on image features
+    plan = model.plan  # what the engine would feed it (vlprompt.methods.base.TrainingPlan)
+    if plan.fit_features is not None:  # linear probe: closed-form fit on image features
         with torch.no_grad(), autocast(precision, device):
             feats = bb.encode_image(images).float()
         sync(device)
@@ -169,14 +170,14 @@ def method_check(name: str, bb: Any, classnames: list[str], precision: str, devi
         sync(device)
         fit_s = time.perf_counter() - t0
         out.update({"s_iter": fit_s, "images_s": batch / fit_s, "fit_s": fit_s})
-    elif model.needs_training:
+    elif plan.steps != "none":
         step_batch: dict[str, torch.Tensor] = {"labels": labels}
-        if model.uses_image_features:  # the engine trains these on cached features
+        if plan.steps == "image-features":  # the engine trains these on cached features
             with torch.no_grad(), autocast(precision, device):
                 step_batch["features"] = bb.encode_image(images).float()
         else:
             step_batch["images"] = images
-        if getattr(model, "mask_source", None):  # DAPT: foreground masks travel in the batch
+        if plan.steps == "images+masks":  # DAPT: foreground masks travel in the batch
             step_batch["masks"] = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
         model.train()
         optimizer = build_optimizer(model.param_groups(0.002), TrainConfig(lr=0.002))

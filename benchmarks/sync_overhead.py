@@ -62,6 +62,17 @@ def load_before(ref: str) -> types.ModuleType:
     return mod
 
 
+def run_context_loop(old_loop: Any) -> Any:
+    """The old loop (positional arguments) called the way today's engine calls ``_train_epochs(ctx)``."""
+
+    def loop(ctx: Any) -> None:
+        old_loop(ctx.model, ctx.task, ctx.cfg, ctx.views, ctx.optimizer, ctx.scaler, ctx.precision, ctx.device,
+                 ctx.start_epoch, ctx.epochs, ctx.metrics, ctx.writer, ctx.fingerprint, ctx.prior_seconds, ctx.t0,
+                 ctx.on_epoch_end, ctx.logger)
+
+    return loop
+
+
 def one_run(loop: Any, bb: Any, task: Any, precision: str, device: str, cache: str, epochs: int,
             ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], float]:
     """Train once with ``loop`` as the engine's epoch loop; metrics rows, prompt state, seconds per step."""
@@ -94,7 +105,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    before = load_before(args.before_ref)._train_epochs
+    before = run_context_loop(load_before(args.before_ref)._train_epochs)
     progress.set_quiet()
     after = train_mod._train_epochs
     bb = vp.load_backbone("tiny-clip")

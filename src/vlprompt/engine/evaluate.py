@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.images import ImageDataset
-from ..data.task import Sample
+from ..data.task import Sample, Task
 from ..data.transforms import image_norm, test_transform
 from ..methods.base import PromptMethod
 from .features import FeatureCache
@@ -23,7 +23,7 @@ def predict_logits(
     """Logits ``(N, n_cls)`` of ``samples`` (plain test view), on CPU, float32."""
     model.eval()
     out: list[torch.Tensor] = []
-    if model.uses_image_features:
+    if model.plan.image_features:  # a frozen, unprompted image tower: cached plain-view features
         feats = cache.get(samples, "test")
         with autocast(precision, device):
             text = model.eval_text_features()
@@ -90,3 +90,15 @@ def evaluate_task_group(
     per_task = task_group_accuracy(logits, labels, tasks)
     acc = sum(per_task.values()) / max(len(per_task), 1)
     return {"acc": acc, "n": len(samples), "per_task": per_task, "seconds": time.perf_counter() - start}
+
+
+def evaluate_task(
+    model: PromptMethod, task: Task, cache: FeatureCache, precision: str, device: torch.device,
+    batch_size: int = 100, num_workers: int = 0,
+) -> dict:
+    """Accuracy of ``model`` on ``task.test``: :func:`evaluate_task_group` for a task group
+    (``task.extra["tasks"]``; the result then holds ``per_task``), else :func:`evaluate_samples`."""
+    tasks = task.extra.get("tasks")
+    if tasks:
+        return evaluate_task_group(model, task.test, tasks, cache, precision, device, batch_size, num_workers)
+    return evaluate_samples(model, task.test, cache, precision, device, batch_size, num_workers)

@@ -13,7 +13,8 @@ import platform
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,11 @@ from ..data.splitfile import relative_entry
 from ..data.task import Task
 from ..data.transforms import image_norm, sample_policies, train_transform
 from ..errors import ConfigError, TrainingError, VlpromptWarning
-from ..methods.base import PromptMethod, config_to_dict
+from ..methods.base import PromptMethod, TrainingPlan, config_to_dict
 from ..prompt_io import method_identity, save_prompt
 from .config import TrainConfig
 from .distributed import init_from_env, shard, sum_gradients, sum_tensor
-from .evaluate import evaluate_samples, evaluate_task_group
+from .evaluate import evaluate_task
 from .features import FeatureCache
 from .loggers import (
     LOGGING_OPTIONS,
@@ -143,6 +144,7 @@ def fit(
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
+    plan = model.plan
     rank, world_size = init_from_env(device)
     run = RunDir(run_dir) if run_dir else None
     writer = run if rank == 0 else None  # only rank 0 writes the run directory
@@ -156,9 +158,9 @@ def fit(
     }
     # where a run is mirrored never changes its results: not part of the fingerprint
     fingerprint = _fingerprint({**info, "train": {k: v for k, v in info["train"].items() if k not in LOGGING_OPTIONS}})
-    if not task.train and model.needs_training:
+    if not task.train and plan.trains:
         raise ConfigError(f"dataset {task.name!r} has no training images for {method_identity(model)}")
-    shortfall = shots_shortfall(task) if model.needs_training else None  # --shots K > a class's images
+    shortfall = shots_shortfall(task) if plan.trains else None  # --shots K > a class's images
     if shortfall:
         warnings.warn(shortfall, VlpromptWarning, stacklevel=2)
 
@@ -168,14 +170,16 @@ def fit(
             f"{run.path} holds a checkpoint of a different configuration; use a new run directory, delete the old "
             "one or train with --restart"
         )
+    ctx = RunContext(model=model, plan=plan, task=task, cfg=cfg, device=device, precision=precision,
+                     world_size=world_size, cache=cache, run=run, writer=writer, info=info, fingerprint=fingerprint,
+                     protocol=protocol, on_epoch_end=on_epoch_end, evaluate_test=evaluate_test, state=state)
 
     # Read every input before the first write, so bad data fails with nothing written.
     t0 = time.perf_counter()
-    views, test_feature_seconds = _prepare_inputs(model, task, cfg, cache, evaluate_test)
-    feature_seconds = time.perf_counter() - t0 - test_feature_seconds
-    t0 += test_feature_seconds  # test-set extraction is evaluation time, not training time
+    _prepare_inputs(ctx)
+    ctx.feature_seconds = time.perf_counter() - t0 - ctx.test_feature_seconds
+    ctx.t0 = t0 + ctx.test_feature_seconds  # test-set extraction is evaluation time, not training time
 
-    logger = RunLogger()
     if writer is not None:
         run.start(restart=restart)
         resolved = {
@@ -193,114 +197,160 @@ def fit(
             run.log(f"warning: {shortfall}")
         if cfg.log_to:
             first_epoch = int(state["epoch"]) + 1 if state is not None else 0
-            logger = open_loggers(cfg.log_to, run.path, wandb_run_id(run.path, fingerprint),
-                                  cfg.log_name or run_name(resolved), project=cfg.log_project, config=resolved,
-                                  start_step=first_epoch)
-            logger.log_config(resolved)
+            ctx.logger = open_loggers(cfg.log_to, run.path, wandb_run_id(run.path, fingerprint),
+                                      cfg.log_name or run_name(resolved), project=cfg.log_project, config=resolved,
+                                      start_step=first_epoch)
+            ctx.logger.log_config(resolved)
     try:
-        return _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, fingerprint, views, cache,
-                                 device, precision, world_size, protocol, on_epoch_end, evaluate_test, t0,
-                                 feature_seconds, test_feature_seconds)
+        return _fit_and_evaluate(ctx)
     finally:
-        logger.close()
+        ctx.logger.close()
 
 
-def _fit_and_evaluate(model, task, cfg, run, writer, logger, state, info, fingerprint, views, cache, device,
-                      precision, world_size, protocol, on_epoch_end, evaluate_test, t0, feature_seconds,
-                      test_feature_seconds) -> dict[str, Any]:
+@dataclass
+class RunContext:
+    """The state of one :func:`fit` call, shared by its stages (inputs, fit, epochs, evaluation).
+
+    The engine dispatches on ``plan`` (the method's :class:`~vlprompt.methods.base.TrainingPlan`)
+    and never on the method itself.
+    """
+
+    model: PromptMethod
+    plan: TrainingPlan
+    task: Task
+    cfg: TrainConfig
+    device: torch.device
+    precision: str
+    world_size: int
+    cache: FeatureCache
+    #: the run directory (every rank reads its checkpoint) and its writer (rank 0 only, else ``None``)
+    run: RunDir | None
+    writer: RunDir | None
+    info: dict[str, Any]
+    fingerprint: str
+    protocol: str | None
+    on_epoch_end: EpochCallback | None
+    evaluate_test: bool
+    #: the checkpoint to resume from (``None``: train from epoch 0)
+    state: dict[str, Any] | None
+    logger: RunLogger = field(default_factory=RunLogger)
+    #: start of the training clock (after the test features), seconds of feature extraction
+    t0: float = 0.0
+    feature_seconds: float = 0.0
+    test_feature_seconds: float = 0.0
+    #: ``(N, n_train, D)`` cached training views (``None``: the steps read images)
+    views: torch.Tensor | None = None
+    #: training state: optimizer, fp16 scaler, the first epoch to train, seconds of earlier sessions
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: Any = None
+    start_epoch: int = 0
+    prior_seconds: float = 0.0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of gradient steps (0 when the plan has none)."""
+        return self.cfg.epochs if self.plan.steps != "none" else 0
+
+    @property
+    def trains_steps(self) -> bool:
+        return self.epochs > 0
+
+
+def _fit_and_evaluate(ctx: RunContext) -> dict[str, Any]:
+    model, task, cfg, plan, run, writer = ctx.model, ctx.task, ctx.cfg, ctx.plan, ctx.run, ctx.writer
     bb = model.backbone
-
-    metrics: list[dict[str, Any]] = []
-    start_epoch, prior_seconds = 0, 0.0
     fit_info: dict[str, Any] = {}
-    epochs = cfg.epochs if model.needs_training else 0
-    if hasattr(model, "fit_features"):
-        train = (cache.get(task.train, model.feature_transform), _labels(task.train))
-        val = (cache.get(task.val, "test"), _labels(task.val)) if task.val else None
+    if plan.fit_features is not None:  # a closed-form fit on cached features (e.g. the linear probe)
+        train = (_fit_view(ctx), _labels(task.train))
+        val = (ctx.cache.get(task.val, "test"), _labels(task.val)) if task.val else None
         fit_info = model.fit_features(train, val)
-        epochs = 0
-    elif epochs > 0:
-        optimizer = build_optimizer(model.param_groups(cfg.lr), cfg)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+    if ctx.trains_steps:
+        ctx.optimizer = build_optimizer(model.param_groups(cfg.lr), cfg)
+        if ctx.precision == "fp16" and ctx.device.type == "cuda":
+            ctx.scaler = torch.amp.GradScaler("cuda")
+        state = ctx.state
         if state is not None:
             model.load_prompt_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_epoch, prior_seconds = int(state["epoch"]) + 1, float(state["train_seconds"])
+            if "method_state" in state:  # what the method's hooks keep across epochs
+                model.load_training_state(state["method_state"])
+            ctx.optimizer.load_state_dict(state["optimizer"])
+            if ctx.scaler is not None and state.get("scaler"):
+                ctx.scaler.load_state_dict(state["scaler"])
+            ctx.start_epoch, ctx.prior_seconds = int(state["epoch"]) + 1, float(state["train_seconds"])
             # the checkpoint carries the metrics rows up to its epoch (older ones: metrics.jsonl)
-            metrics = list(state["metrics"]) if "metrics" in state else run.read_metrics()[:start_epoch]
+            ctx.metrics = list(state["metrics"]) if "metrics" in state else run.read_metrics()[:ctx.start_epoch]
             if writer is not None:
-                run.write_metrics(metrics)  # a kill after the checkpoint may have missed its row
-                run.log(f"resumed from the checkpoint of epoch {start_epoch - 1}")
-        _train_epochs(
-            model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, writer,
-            fingerprint, prior_seconds, t0, on_epoch_end, logger,
-        )
-    train_seconds = prior_seconds + time.perf_counter() - t0
+                run.write_metrics(ctx.metrics)  # a kill after the checkpoint may have missed its row
+                run.log(f"resumed from the checkpoint of epoch {ctx.start_epoch - 1}")
+        _train_epochs(ctx)
+    if plan.after_training:
+        fit_info = {**fit_info, **model.finish_training(task.train, ctx.device)}
+    train_seconds = ctx.prior_seconds + time.perf_counter() - ctx.t0
+    metrics = ctx.metrics
 
     results: dict[str, Any] = {
-        "method": info["method"], "dataset": task.name, "protocol": protocol or default_protocol(task),
+        "method": ctx.info["method"], "dataset": task.name, "protocol": ctx.protocol or default_protocol(task),
         "backbone": bb.name, "weights": bb.weights_id, "shots": task.shots, "seed": task.seed,
         "subsample": task.subsample, "num_classes": len(task.classnames),
-        "epochs": epochs, "feature_views": cfg.feature_views if model.uses_image_features else None,
+        "epochs": ctx.epochs, "feature_views": cfg.feature_views if plan.image_features else None,
         "augment": augment_of(task, cfg), **train_counts(task),
-        "train_seconds": round(train_seconds, 3), "feature_seconds": round(feature_seconds, 3),
+        "train_seconds": round(train_seconds, 3), "feature_seconds": round(ctx.feature_seconds, 3),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
-        **{k: v for k, v in fit_info.items()},
+        **fit_info,
     }
     if metrics:
         results["final_loss"] = metrics[-1]["loss"]
-    if evaluate_test:
-        if task.extra.get("tasks"):  # a task group: per-task accuracy, acc = mean over tasks
-            ev = evaluate_task_group(model, task.test, task.extra["tasks"], cache, precision, device,
-                                     cfg.eval_batch_size, cfg.num_workers)
+    if ctx.evaluate_test:
+        ev = evaluate_task(model, task, ctx.cache, ctx.precision, ctx.device, cfg.eval_batch_size, cfg.num_workers)
+        if "per_task" in ev:  # a task group: per-task accuracy, acc = mean over tasks
             results["per_task"] = ev["per_task"]
-        else:
-            ev = evaluate_samples(model, task.test, cache, precision, device, cfg.eval_batch_size, cfg.num_workers)
-        eval_seconds = ev["seconds"] + test_feature_seconds
+        eval_seconds = ev["seconds"] + ctx.test_feature_seconds
         results.update({"acc": ev["acc"], "n_test": ev["n"], "eval_seconds": round(eval_seconds, 3)})
         if task.subsample == "base":
             results["base_acc"] = ev["acc"]
-    results["env"] = {**environment(device, precision), "world_size": world_size}
+    results["env"] = {**environment(ctx.device, ctx.precision), "world_size": ctx.world_size}
     if writer is not None:
         save_prompt(model, run.path / "prompt.safetensors")
         run.write_metrics(metrics)
         run.write_results(results)
         run.log(f"done: acc={results.get('acc')} train_seconds={results['train_seconds']}")
-        logger.log_metrics(epochs, result_scalars(results))
+        ctx.logger.log_metrics(ctx.epochs, result_scalars(results))
     return results
 
 
-def _prepare_inputs(
-    model: PromptMethod, task: Task, cfg: TrainConfig, cache: FeatureCache, evaluate_test: bool
-) -> tuple[torch.Tensor | None, float]:
-    """Extract (or read from the cache) every image feature the run needs; check images otherwise.
+def _fit_view(ctx: RunContext) -> torch.Tensor:
+    """The cached training features of a closed-form fit: the plain view (``"test"``), or the run's
+    first augmented view (``"train"``: view 0 of the training views, seed and augmentation policies)."""
+    task = ctx.task
+    if ctx.plan.fit_features == "test":
+        return ctx.cache.get(task.train, "test")
+    return ctx.cache.get(task.train, "train", view=0, seed=ctx.cfg.seed, augment=train_policies(task, ctx.cfg))
 
-    Returns the ``(N, n_train, D)`` cached training views (``None`` when training reads images)
-    and the seconds spent on the test set.
-    """
-    test_seconds = 0.0
-    views = None
-    if model.uses_image_features:
-        if hasattr(model, "fit_features"):
-            cache.get(task.train, model.feature_transform)
-            cache.get(task.val, "test")
-        elif model.needs_training and cfg.feature_views > 0 and cfg.epochs > 0:
+
+def _prepare_inputs(ctx: RunContext) -> None:
+    """Extract (or read from the cache) every image feature the run needs; check images (and mask
+    files) otherwise. Sets ``ctx.views`` (cached training views, or ``None`` when the steps read
+    images) and ``ctx.test_feature_seconds``."""
+    plan, task, cfg, cache = ctx.plan, ctx.task, ctx.cfg, ctx.cache
+    if plan.fit_features is not None:
+        _fit_view(ctx)
+        cache.get(task.val, "test")
+    if plan.image_features:
+        if ctx.trains_steps and plan.steps == "image-features" and cfg.feature_views > 0:
             policies = train_policies(task, cfg)
-            views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed, augment=policies)
-                                 for v in range(cfg.feature_views)])
-        elif model.needs_training and cfg.epochs > 0:
+            ctx.views = torch.stack([cache.get(task.train, "train", view=v, seed=cfg.seed, augment=policies)
+                                     for v in range(cfg.feature_views)])
+        elif ctx.trains_steps:
             check_readable(task.train, "train")
-        if evaluate_test:
+        if ctx.evaluate_test:
             start = time.perf_counter()
             cache.get(task.test, "test")
-            test_seconds = time.perf_counter() - start
+            ctx.test_feature_seconds = time.perf_counter() - start
     else:
         check_readable(task.train, "train")
-        if getattr(model, "mask_source", None) == "data" and model.needs_training and cfg.epochs > 0:
-            DiskMasks.for_task(task)  # every training image needs its mask file
-    return views, test_seconds
+    if ctx.trains_steps and plan.mask_source == "data":
+        DiskMasks.for_task(task)  # every training image needs its mask file
 
 
 def _write_sample(run: RunDir, task: Task) -> None:
@@ -329,15 +379,6 @@ def train_policies(task: Task, cfg: TrainConfig) -> list[str]:
     """The augmentation policy of every training sample: the config's (a global override) if set,
     else the sample's own (a task group's members keep theirs), else the task's."""
     return sample_policies(task.train, task.augment, cfg.augment)
-
-
-def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A training batch from a loader of ``(image, label, index)`` or ``(image, mask, label, index)``."""
-    if len(items) == 4:
-        x, m, y, _ = items
-        return {"images": x.to(device), "masks": m.to(device), "labels": y.to(device)}
-    x, y, _ = items
-    return {"images": x.to(device), "labels": y.to(device)}
 
 
 def diverged_message(loss: float, epoch: int, epochs: int, step: int, steps: int, lr: float, precision: str,
@@ -384,29 +425,99 @@ def _epoch_sums(step_loss: torch.Tensor, step_acc: torch.Tensor, scales: list[fl
     return tot_loss, tot_acc
 
 
-def _train_epochs(
-    model, task, cfg, views, optimizer, scaler, precision, device, start_epoch, epochs, metrics, run,
-    fingerprint, prior_seconds, t0, on_epoch_end, logger: RunLogger | None = None,
-) -> None:
-    labels = _labels(task.train)
+class _StepInputs:
+    """The training batches of every epoch, as the method's plan asks (``plan.steps``).
+
+    ``batches(epoch, gen, index)`` yields one batch dict per global batch of sample indices
+    (this rank's shard); ``gen`` is the epoch's generator, after it drew the batches.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def batches(self, epoch: int, gen: torch.Generator, index: list[torch.Tensor]) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class _CachedFeatures(_StepInputs):
+    """``features`` from the cached augmented views (a random view per sample and epoch), ``labels``."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.views = ctx.views.to(ctx.device)
+        self.labels = _labels(ctx.task.train)
+
+    def batches(self, epoch: int, gen: torch.Generator, index: list[torch.Tensor]) -> Iterator[dict[str, Any]]:
+        views, labels, device = self.views, self.labels, self.ctx.device
+        view_of = torch.randint(self.ctx.cfg.feature_views, (len(labels),), generator=gen)
+        return ({"features": views[view_of[b], b], "labels": labels[b].to(device)} for b in (shard(b) for b in index))
+
+
+class _Images(_StepInputs):
+    """``images`` (each sample's training transform) and ``labels``, read by a data loader."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        size, norm = ctx.model.backbone.image_size, image_norm(ctx.model.backbone)
+        self.dataset = ImageDataset(ctx.task.train, per_sample=policy_transforms(
+            train_policies(ctx.task, ctx.cfg), lambda p: train_transform(size, *norm, augment=p)))
+
+    def epoch_dataset(self) -> Any:
+        return self.dataset
+
+    def batches(self, epoch: int, gen: torch.Generator, index: list[torch.Tensor]) -> Iterator[dict[str, Any]]:
+        ctx = self.ctx
+        torch.manual_seed(_epoch_seed(ctx.cfg.seed, epoch) + 1)
+        loader = DataLoader(self.epoch_dataset(), batch_sampler=[shard(b).tolist() for b in index],
+                            num_workers=ctx.cfg.num_workers)
+        return (_image_batch(items, ctx.device) for items in loader)
+
+
+class _ImagesAndMasks(_Images):
+    """``images``, ``masks`` (cropped and flipped with their image) and ``labels``; the masks are the
+    dataset's files (``plan.masks == "data"``) or the method's masks of the epoch (``"model"``)."""
+
+    def __init__(self, ctx: RunContext) -> None:  # no _Images.__init__: the dataset changes with the masks
+        _StepInputs.__init__(self, ctx)
+        self.disk_masks = DiskMasks.for_task(ctx.task) if ctx.plan.masks == "data" else None
+        size, norm = ctx.model.backbone.image_size, image_norm(ctx.model.backbone)
+        self.paired = policy_transforms(train_policies(ctx.task, ctx.cfg),
+                                        lambda p: PairedTrainTransform(size, *norm, augment=p))
+
+    def epoch_dataset(self) -> Any:
+        masks = self.disk_masks if self.disk_masks is not None else self.ctx.model.epoch_masks()
+        return MaskedImageDataset(self.ctx.task.train, masks, self.paired)
+
+
+def _image_batch(items: list[torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch from a loader of ``(image, label, index)`` or ``(image, mask, label, index)``."""
+    if len(items) == 4:
+        x, m, y, _ = items
+        return {"images": x.to(device), "masks": m.to(device), "labels": y.to(device)}
+    x, y, _ = items
+    return {"images": x.to(device), "labels": y.to(device)}
+
+
+def _step_inputs(ctx: RunContext) -> _StepInputs:
+    if ctx.views is not None:  # plan.steps == "image-features" with cached views
+        return _CachedFeatures(ctx)
+    if ctx.plan.steps == "images+masks":
+        return _ImagesAndMasks(ctx)
+    return _Images(ctx)  # "images", or "image-features" encoded from images (feature_views=0)
+
+
+def _train_epochs(ctx: RunContext) -> None:
+    """Epochs ``ctx.start_epoch .. ctx.epochs - 1`` of gradient steps: per epoch the plan's hook, the
+    steps, a metrics row, and (rank 0) a checkpoint."""
+    model, task, cfg, plan, device, precision = ctx.model, ctx.task, ctx.cfg, ctx.plan, ctx.device, ctx.precision
+    optimizer, scaler, metrics, run, epochs = ctx.optimizer, ctx.scaler, ctx.metrics, ctx.writer, ctx.epochs
     n = len(task.train)
-    cached = views is not None
-    mask_source = getattr(model, "mask_source", None)  # DAPT: masks travel in batch["masks"]
-    disk_masks = DiskMasks.for_task(task) if mask_source == "data" and not cached else None
-    if cached:
-        views = views.to(device)
-    elif mask_source is None:
-        size, norm = model.backbone.image_size, image_norm(model.backbone)
-        dataset = ImageDataset(task.train, per_sample=policy_transforms(
-            train_policies(task, cfg), lambda p: train_transform(size, *norm, augment=p)))
-    if mask_source is not None and not cached:
-        size, norm = model.backbone.image_size, image_norm(model.backbone)
-        paired = policy_transforms(train_policies(task, cfg), lambda p: PairedTrainTransform(size, *norm, augment=p))
+    inputs = _step_inputs(ctx)
     show = cfg.progress and progress.bars_enabled()
     lines = cfg.progress and progress.lines_enabled()  # no terminal: one line per epoch
     session_t0, session_epochs = time.perf_counter(), 0
-    for epoch in range(start_epoch, epochs):
-        if hasattr(model, "prepare_epoch"):  # e.g. DAPT-G recomputes its Grad-CAM masks
+    for epoch in range(ctx.start_epoch, epochs):
+        if plan.before_epoch:  # e.g. DAPT-G recomputes its Grad-CAM masks
             model.prepare_epoch(epoch, task.train, device)
         model.train()
         lr = set_epoch_lr(optimizer, cfg, epoch)
@@ -415,20 +526,7 @@ def _train_epochs(
         e0 = time.perf_counter()
         # every rank draws the same global batches and takes its shard; scale = its share
         scales = [len(shard(b)) / len(b) for b in batches]
-        if cached:
-            view_of = torch.randint(cfg.feature_views, (n,), generator=gen)
-            steps = (
-                {"features": views[view_of[b], b], "labels": labels[b].to(device)}
-                for b in (shard(b) for b in batches)
-            )
-        else:
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + 1)
-            if mask_source is not None:
-                masks = disk_masks if disk_masks is not None else model.epoch_masks()
-                dataset = MaskedImageDataset(task.train, masks, paired)
-            loader = DataLoader(dataset, batch_sampler=[shard(b).tolist() for b in batches],
-                                num_workers=cfg.num_workers)
-            steps = (_image_batch(items, device) for items in loader)
+        steps = inputs.batches(epoch, gen, batches)
         if show:
             from tqdm import tqdm
 
@@ -464,6 +562,8 @@ def _train_epochs(
                 _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
                 checked = count
         _check_finite(step_loss, checked, count, epoch, epochs, lr, precision, run)
+        if plan.after_epoch:  # e.g. an average of the prompts over epochs
+            model.end_epoch(epoch)
         tot_loss, tot_acc = _epoch_sums(step_loss, step_acc, scales)
         row = {
             "epoch": epoch, "lr": lr, "loss": tot_loss / max(count, 1), "train_acc": 100 * tot_acc / max(count, 1),
@@ -476,14 +576,18 @@ def _train_epochs(
             progress.say(progress.epoch_line(epoch, epochs, row["loss"], row["train_acc"], lr, row["seconds"],
                                              per_epoch * (epochs - epoch - 1)))
         if run is not None:
-            run.save_checkpoint({
-                "epoch": epoch, "fingerprint": fingerprint, "model": model.prompt_state_dict(),
+            checkpoint = {
+                "epoch": epoch, "fingerprint": ctx.fingerprint, "model": model.prompt_state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "train_seconds": prior_seconds + time.perf_counter() - t0, "metrics": [dict(r) for r in metrics],
-            })
+                "train_seconds": ctx.prior_seconds + time.perf_counter() - ctx.t0,
+                "metrics": [dict(r) for r in metrics],
+            }
+            method_state = model.training_state()
+            if method_state:
+                checkpoint["method_state"] = method_state
+            run.save_checkpoint(checkpoint)
             run.write_metrics(metrics)
             run.log(json.dumps(row))
-            if logger is not None:
-                logger.log_metrics(epoch, epoch_scalars(row))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+            ctx.logger.log_metrics(epoch, epoch_scalars(row))
+        if ctx.on_epoch_end is not None:
+            ctx.on_epoch_end(epoch, row)

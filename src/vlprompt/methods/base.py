@@ -24,6 +24,92 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..errors import ConfigError
 
+Steps = Literal["none", "image-features", "images", "images+masks"]
+MaskSource = Literal["data", "model"]
+FeatureView = Literal["train", "test"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """What a method's training consumes and which engine hooks it uses (its declaration).
+
+    The engine (:func:`vlprompt.fit`) reads only this: it never names a method or probes its
+    attributes. A method sets it as the class attribute ``plan``; an instance whose needs depend
+    on its config (DAPT's mask source, a plug-in that forwards its inner method's plan) assigns
+    ``self.plan`` in its constructor.
+
+    Attributes:
+        steps: what every gradient step consumes (``batch`` keys of :meth:`PromptMethod.loss`).
+            ``"none"``: no gradient steps (zero-shot; a closed-form fit alone).
+            ``"image-features"``: features of the frozen, unprompted image tower: cached augmented
+            views in ``batch["features"]`` (``TrainConfig.feature_views`` > 0), or images in
+            ``batch["images"]`` that the method encodes itself (``feature_views=0``).
+            ``"images"``: normalised training images (``batch["images"]``; a prompted image tower).
+            ``"images+masks"``: images plus foreground masks ``(B, 1, H, W)`` in ``batch["masks"]``,
+            cropped and flipped with their image (the paired transform).
+        image_features: the image tower is frozen and unprompted, so evaluation (and a closed-form
+            fit) may read cached image features; ``False`` when the method encodes images itself.
+        masks: where ``"images+masks"`` steps get their masks: ``"data"`` (mask files of the
+            dataset, :mod:`vlprompt.data.masks`) or ``"model"`` (the method's
+            :meth:`PromptMethod.epoch_masks`, recomputed by its before-epoch hook).
+        fit_features: the hook ``fit_features(train, val) -> dict`` runs before any step on cached
+            features of the training images in this view (``"train"``: augmented, ``"test"``:
+            plain; ``val`` always plain), e.g. a closed-form classifier; ``None``: no such fit.
+            Its dict goes into the results.
+        before_epoch: call :meth:`PromptMethod.prepare_epoch` before every epoch (a resumed run
+            calls it for the epochs it still trains).
+        after_epoch: call :meth:`PromptMethod.end_epoch` after every epoch's steps, before its
+            checkpoint (e.g. to accumulate an average of the prompts over epochs); what the hooks keep
+            across epochs goes into every checkpoint through :meth:`PromptMethod.training_state`.
+        after_training: call :meth:`PromptMethod.finish_training` once after the last epoch, before
+            evaluation and before the prompt is saved; its dict goes into the results.
+    """
+
+    steps: Steps = "image-features"
+    image_features: bool = True
+    masks: MaskSource = "data"
+    fit_features: FeatureView | None = None
+    before_epoch: bool = False
+    after_epoch: bool = False
+    after_training: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps not in typing.get_args(Steps):
+            raise ValueError(f"TrainingPlan.steps must be one of {typing.get_args(Steps)}, got {self.steps!r}")
+        if self.steps == "image-features" and not self.image_features:
+            raise ValueError("TrainingPlan: steps='image-features' needs image_features=True")
+        if self.masks not in typing.get_args(MaskSource):
+            raise ValueError(f"TrainingPlan.masks must be 'data' or 'model', got {self.masks!r}")
+        if self.fit_features not in (None, *typing.get_args(FeatureView)):
+            raise ValueError(f"TrainingPlan.fit_features must be None, 'train' or 'test', got {self.fit_features!r}")
+
+    @property
+    def trains(self) -> bool:
+        """The method learns from the training set (gradient steps or a closed-form fit)."""
+        return self.steps != "none" or self.fit_features is not None
+
+    @property
+    def mask_source(self) -> MaskSource | None:
+        """Where the training masks come from, ``None`` when the steps take no masks."""
+        return self.masks if self.steps == "images+masks" else None
+
+
+class _FromPlan:
+    """A read-only attribute derived from the method's :class:`TrainingPlan` (class or instance)."""
+
+    def __init__(self, derive: Callable[[TrainingPlan], Any], doc: str) -> None:
+        self.derive = derive
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self.derive(owner.plan if obj is None else obj.plan)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(f"{self.name} follows the method's plan; set plan = TrainingPlan(...) instead")
+
 
 class PromptMethod(nn.Module):
     """Base class of all methods.
@@ -32,18 +118,38 @@ class PromptMethod(nn.Module):
     CLIP-style methods) or override :meth:`logits_from_features`.
 
     Class attributes:
-        uses_image_features: ``True`` when the image tower is frozen and unprompted, so the
-            engine may feed cached image features (``batch["features"]``) instead of images.
-        needs_training: ``False`` for zero-shot methods (the engine skips the loop).
-        feature_transform: ``"train"`` (augmented views) or ``"test"`` (plain view, e.g.
-            the linear probe) for the cached training features.
+        plan: the :class:`TrainingPlan`: what the training steps consume and which hooks
+            (:meth:`prepare_epoch`, :meth:`end_epoch`, ``fit_features``, :meth:`finish_training`) the
+            engine calls.
+            Default: steps on frozen image features, no hooks (CoOp).
+        uses_image_features, needs_training, feature_transform, mask_source: read-only views of
+            ``plan`` (``plan.image_features``; ``plan.trains``; the view of a closed-form fit, else
+            ``"train"``; ``plan.mask_source``).
+        has_text_side: the method matches images to class text features (plug-ins that need
+            image-text matching, DePT, refuse it otherwise); ``text_side_hint`` says how to get one.
+        dataset_templates: hand-crafted templates the method's reference uses instead of a dataset's
+            own, by canonical dataset name (KgCoOp's DTD template); the protocols pass the one that
+            applies as the ``template`` option of a Config that has one.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
-    uses_image_features: ClassVar[bool] = True
-    needs_training: ClassVar[bool] = True
-    feature_transform: ClassVar[str] = "train"
+    plan: TrainingPlan = TrainingPlan()
+    uses_image_features = _FromPlan(lambda p: p.image_features, "The image tower is frozen and unprompted.")
+    needs_training = _FromPlan(lambda p: p.trains, "False for training-free methods (zero-shot).")
+    feature_transform = _FromPlan(lambda p: p.fit_features or "train", "View of the cached training features.")
+    mask_source = _FromPlan(lambda p: p.mask_source, "Where training masks come from (None: no masks).")
+    has_text_side: bool = True
+    text_side_hint: ClassVar[str] = ""
+    dataset_templates: ClassVar[Mapping[str, str]] = types.MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        old = [n for n in ("uses_image_features", "needs_training", "feature_transform", "mask_source")
+               if n in cls.__dict__ and not isinstance(cls.__dict__[n], _FromPlan)]
+        if old:  # the pre-plan way of declaring inputs: the engine would not see it
+            raise TypeError(f"{cls.__name__} sets {', '.join(old)}; declare plan = TrainingPlan(...) instead "
+                            "(see docs/methods.md)")
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: Any) -> None:
         super().__init__()
@@ -157,6 +263,33 @@ class PromptMethod(nn.Module):
                         f"the method expects {tuple(own[k].shape)}"
                     )
                 own[k].copy_(v)
+
+    # ------------------------------------------------------------------ engine hooks (see TrainingPlan)
+    def prepare_epoch(self, epoch: int, samples: list[Any], device: torch.device) -> None:
+        """Hook before every epoch (0-based ``epoch``, the training samples, the device), called when
+        ``plan.before_epoch``; e.g. DAPT's loss schedule and DAPT-G's Grad-CAM masks. Default: nothing."""
+
+    def epoch_masks(self) -> Any:
+        """The training masks of the current epoch when ``plan.masks == "model"`` (a
+        :class:`~vlprompt.data.masks.ArrayMasks`-like object indexed by sample position)."""
+        raise ConfigError(f"{self.name} declares no masks of its own (plan.masks={self.plan.masks!r})")
+
+    def end_epoch(self, epoch: int) -> None:
+        """Hook after every epoch's steps, before its checkpoint (``plan.after_epoch``). Default: nothing."""
+
+    def training_state(self) -> dict[str, Any]:
+        """What the hooks keep across epochs besides the prompt (tensors and plain values), stored in every
+        checkpoint so that a resumed run continues exactly; restored by :meth:`load_training_state`.
+        Default: nothing (``{}``, and the checkpoint has no such entry)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned, when a run resumes from a checkpoint."""
+
+    def finish_training(self, samples: list[Any], device: torch.device) -> dict[str, Any]:
+        """Hook after the last epoch, before evaluation and saving (``plan.after_training``), e.g. to
+        install averaged prompts; returns entries for the results. Default: nothing."""
+        return {}
 
     def train(self, mode: bool = True) -> PromptMethod:
         super().train(mode)

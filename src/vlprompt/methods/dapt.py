@@ -39,6 +39,7 @@ At test time DAPT is MaPLe: logits over the class prompts only. ViT backbones on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +53,7 @@ from ..data.images import open_image
 from ..data.masks import ArrayMasks
 from ..data.transforms import CLIP_MEAN, CLIP_STD, ToRGB
 from ..errors import ConfigError
-from .base import register_method
+from .base import TrainingPlan, register_method
 from .maple import MaPLe, MaPLeConfig
 
 #: DAPT's background classes: 25 generic scene words, then 7 food-scene words (32 in all).
@@ -204,10 +205,12 @@ class DAPT(MaPLe):
 
     name = "dapt"
     Config = DAPTConfig
+    #: images + masks; the before-epoch hook sets the loss schedule's epoch (and makes DAPT-G's masks)
+    plan = TrainingPlan(steps="images+masks", image_features=False, masks="data", before_epoch=True)
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: DAPTConfig) -> None:
         super().__init__(backbone, classnames, config)
-        self.mask_source = "data" if config.masks == "data" else "model"
+        self.plan = dataclasses.replace(type(self).plan, masks="data" if config.masks == "data" else "model")
         self.epoch = 0
         self._epoch_masks: ArrayMasks | None = None
         texts = [config.background_template.format(c) for c in config.background_classes]

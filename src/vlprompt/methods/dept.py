@@ -92,19 +92,17 @@ class DePT(PromptMethod):
 
     def __init__(self, inner: PromptMethod, config: DePTConfig) -> None:
         super().__init__(inner.backbone, inner.classnames, {**config_to_dict(inner.config), **config_to_dict(config)})
-        if not inner.needs_training or hasattr(inner, "fit_features"):
+        if inner.plan.steps == "none" or inner.plan.fit_features is not None:
             raise ConfigError(f"DePT wraps prompt-learning methods; {inner.name!r} has no prompts to tune")
-        if not getattr(inner, "has_text_side", True):
-            hint = getattr(inner, "text_side_hint", "")
+        if not inner.has_text_side:
+            hint = inner.text_side_hint
             raise ConfigError(
                 f"DePT needs image-text matching; {inner.name!r} is a vision classifier without text"
                 + (f" ({hint})" if hint else "")
             )
         self.inner = inner
         self.dept = config
-        self.uses_image_features = inner.uses_image_features
-        self.feature_transform = inner.feature_transform
-        self.mask_source = getattr(inner, "mask_source", None)  # DAPT: masks pass through in the batch
+        self.plan = inner.plan  # same inputs and hooks (DAPT: masks pass through in the batch)
         dim = inner.backbone.embed_dim
         self.film_img = FiLM(dim)
         self.film_text = FiLM(dim)
@@ -134,12 +132,25 @@ class DePT(PromptMethod):
 
     def prepare_epoch(self, epoch: int, samples: list, device: torch.device) -> None:
         """Forward the engine's per-epoch hook to the wrapped method (e.g. DAPT's epoch switch)."""
-        if hasattr(self.inner, "prepare_epoch"):
-            self.inner.prepare_epoch(epoch, samples, device)
+        self.inner.prepare_epoch(epoch, samples, device)
 
-    def epoch_masks(self):
+    def epoch_masks(self) -> Any:
         """The wrapped method's masks of the current epoch (DAPT-G)."""
         return self.inner.epoch_masks()
+
+    def end_epoch(self, epoch: int) -> None:
+        """Forward the engine's after-epoch hook to the wrapped method."""
+        self.inner.end_epoch(epoch)
+
+    def training_state(self) -> dict[str, Any]:
+        return self.inner.training_state()
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.inner.load_training_state(state)
+
+    def finish_training(self, samples: list, device: torch.device) -> dict[str, Any]:
+        """Forward the engine's after-training hook to the wrapped method."""
+        return self.inner.finish_training(samples, device)
 
     # ---------------------------------------------------------------- training
     def cat_logits(self, features: torch.Tensor, film: FiLM) -> torch.Tensor:

@@ -17,6 +17,7 @@ The targets are computed once per class set with the same frozen backbone (its p
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
+from ..data.templates import KGCOOP_DTD_TEMPLATE
 from ..errors import ConfigError
 from .base import register_method
 from .coop import CoOp, CoOpConfig
@@ -92,6 +94,8 @@ class KgCoOp(CoOp):
 
     name = "kgcoop"
     Config = KgCoOpConfig
+    #: KgCoOp's scripts give DTD a template of their own (CoOp's is "{} texture.")
+    dataset_templates = types.MappingProxyType({"dtd": KGCOOP_DTD_TEMPLATE})
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: KgCoOpConfig) -> None:
         super().__init__(backbone, classnames, config)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import ConfigError
-from .base import PromptMethod, register_method
+from .base import PromptMethod, TrainingPlan, register_method
 
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
@@ -110,7 +110,7 @@ class LinearProbe(PromptMethod):
 
     name = "linear-probe"
     Config = LinearProbeConfig
-    feature_transform = "test"
+    plan = TrainingPlan(steps="none", fit_features="test")  # one closed-form fit on plain-view features
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: LinearProbeConfig) -> None:
         super().__init__(backbone, classnames, config)

@@ -17,7 +17,7 @@ Where they enter the frozen towers (through the backbone seams):
 * vision: ``V_0`` is appended after the patch tokens (before ``ln_pre``) and replaced by
   ``V_k`` before vision blocks ``1..J-1``; the image feature is still the CLS token.
 
-The image tower is prompted, so training reads images (``uses_image_features = False``) and
+The image tower is prompted, so training reads images (``plan.steps == "images"``) and
 needs a ViT image tower.
 """
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
-from .base import PromptMethod, register_method
+from .base import PromptMethod, TrainingPlan, register_method
 from .prompting import ClassPrompts, check_text_tokens, phrase_length
 
 
@@ -77,7 +77,7 @@ class MaPLe(PromptMethod):
 
     name = "maple"
     Config = MaPLeConfig
-    uses_image_features = False
+    plan = TrainingPlan(steps="images", image_features=False)
 
     @classmethod
     def check_backbone(cls, backbone: Backbone, options: dict[str, Any]) -> None:

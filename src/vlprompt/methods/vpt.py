@@ -53,7 +53,7 @@ from torch import nn
 
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
-from .base import PromptMethod, register_method
+from .base import PromptMethod, TrainingPlan, register_method
 from .prompting import clean_classname
 
 Classifier = Literal["linear", "text"]
@@ -149,7 +149,7 @@ class VPT(PromptMethod):
 
     name = "vpt-shallow"
     Config = VPTConfig
-    uses_image_features = False
+    plan = TrainingPlan(steps="images", image_features=False)
     #: No text encoder is involved with the linear head (plug-ins that need image-text matching
     #: refuse it); ``classifier="text"`` sets it to ``True`` on the instance.
     has_text_side = False

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..data.templates import ensemble_templates
-from .base import PromptMethod, register_method
+from .base import PromptMethod, TrainingPlan, register_method
 from .prompting import clean_classname
 
 
@@ -46,7 +46,7 @@ class ZeroShot(PromptMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
-    needs_training = False
+    plan = TrainingPlan(steps="none")  # no training: the engine only evaluates
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: ZeroShotConfig) -> None:
         super().__init__(backbone, classnames, config)

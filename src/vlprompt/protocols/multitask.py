@@ -25,7 +25,7 @@ from ..engine.loggers import log_results
 from ..engine.run import RunDir
 from ..engine.train import fit, hm, seed_everything
 from ..errors import ConfigError
-from ..methods import build_method
+from ..methods import build_method, get_method_class
 from .runs import RunSpec, evaluate_run, get_backbone, train_run
 from .tables import markdown_table, write_summary
 
@@ -101,7 +101,9 @@ def baseline_per_task(
             continue
         bb = bb or get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
         seed_everything(seed)
-        opts = {"template": task.template} if method == "zeroshot" else {}
+        cls = get_method_class(method)
+        has_template = "template" in {f.name for f in dataclasses.fields(cls.Config)}
+        opts = {"template": cls.dataset_templates.get(task.name, task.template)} if has_template else {}
         model = build_method(method, bb, task.classnames, **opts)
         res = fit(model, task, run_dir=str(run_dir), protocol="multitask-baseline", seed=seed,
                   device=template.device, **train_opts)
@@ -260,7 +262,7 @@ def _baseline_runs(template: RunSpec, group: str, name: str, shots: Sequence[int
     """The per-task results of one baseline on one group, as rows shaped like the joint runs'."""
     root = Path(template.out) / group_slug(group) / "baselines" / name
     out = []
-    if name == "zeroshot":  # no training: one evaluation per class subset serves every shots × seed
+    if not get_method_class(name).needs_training:  # one evaluation per class subset serves every shots × seed
         sub = ("base", "new") if base2new else ("all",)
         acc = {s: baseline_per_task(template, group, name, shots[0], seeds[0], s, root / s) for s in sub}
         for k in shots:

@@ -12,7 +12,6 @@ from .. import progress
 from ..backbones import load_backbone
 from ..backbones.base import Backbone
 from ..data import ensemble_templates, load_dataset, task_structure
-from ..data.templates import KGCOOP_DTD_TEMPLATE
 from ..engine.config import TrainConfig
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
@@ -106,10 +105,10 @@ def train_run(
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split,
                         check_train=get_method_class(base).needs_training)
-    fields = {f.name for f in dataclasses.fields(get_method_class(base).Config)}
-    if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template
-        own = KGCOOP_DTD_TEMPLATE if base == "kgcoop" and task.name == "dtd" else task.template
-        method_opts.setdefault("template", own)  # KgCoOp's own DTD template differs from CoOp's
+    method_cls = get_method_class(base)
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template, or the method's own
+        method_opts.setdefault("template", method_cls.dataset_templates.get(task.name, task.template))
     if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
         method_opts.setdefault("tasks", task_structure(task))
     if "dataset" in fields:  # zero-shot: the dataset's ensemble rule (ImageNet: the 7 select templates)
