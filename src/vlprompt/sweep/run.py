@@ -152,7 +152,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
             method=run.method, dataset=run.dataset, root=run.root, out=run.out, shots=run.shots, seed=run.seed,
             subsample="base" if b2n else "all", backbone=run.backbone, weights=run.weights,
             trust_checkpoint=run.trust_checkpoint, preset=run.preset, method_options=dict(run.method_options),
-            train_options=train_options, device=run.device,
+            train_options=train_options, device=run.device, pretrained=run.pretrained, quick_gelu=run.quick_gelu,
         )
         if run.protocol == "vtab":
             res = _vtab_results(run, spec)
