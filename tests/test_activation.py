@@ -282,3 +282,15 @@ def test_sweep_run_uses_the_quickgelu_name(shapes_root, cache_dir, tmp_path):
     assert execute(run)["status"] == "done"
     bcfg = yaml.safe_load((Path(run.out) / "config.yaml").read_text())["backbone"]
     assert bcfg["name"] == "tiny-clip-quickgelu" and bcfg["quick_gelu"] is True
+
+
+def test_sweep_command_line_replaces_the_backbone_source(tmp_path):
+    from vlprompt.sweep.spec import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"methods": ["zeroshot"], "datasets": ["eurosat"], "backbone": "ViT-B-16",
+                                    "weights": str(tmp_path / "w.pt"), "data_root": str(tmp_path)}))
+    (run,) = load_sweep(path, pretrained="openai", quick_gelu=True).expand()
+    assert run.pretrained == "openai" and run.weights is None and run.quick_gelu is True
+    (run,) = load_sweep(path).expand()
+    assert run.weights == str(tmp_path / "w.pt") and run.pretrained is None and run.quick_gelu is None

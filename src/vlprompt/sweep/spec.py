@@ -696,7 +696,8 @@ def _parse_prune(value: Any) -> dict[str, Any] | None:
 
 
 def load_sweep(path: str | Path, **replace: Any) -> Sweep:
-    """Read a sweep YAML file; keyword arguments (``out=``, ``data_root=``) replace its fields when not None.
+    """Read a sweep YAML file; keyword arguments (``out=``, ``data_root=``) replace its fields when not None
+    (``weights=`` or ``pretrained=`` replaces both of the file's backbone sources).
 
     Example:
         >>> runs = load_sweep("sweeps/dept_b2n.yaml", data_root="~/data").expand()
@@ -709,6 +710,8 @@ def load_sweep(path: str | Path, **replace: Any) -> Sweep:
     except yaml.YAMLError as e:
         raise ConfigError(f"sweep file '{path}' is not valid YAML: {e}") from e
     if isinstance(data, dict):
+        if replace.get("weights") is not None or replace.get("pretrained") is not None:
+            data = {k: v for k, v in data.items() if k not in ("weights", "pretrained")}  # one replaces the other
         paths = ("out", "data_root", "weights", "cache_dir")
         data = {**data, **{k: os.path.abspath(os.path.expanduser(v)) if k in paths else v
                            for k, v in replace.items() if v is not None}}
