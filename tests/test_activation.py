@@ -139,12 +139,17 @@ def test_no_warning_without_an_openai_release(files):
     assert warned == [] and bb.quick_gelu is False
 
 
-def test_weights_id_and_run_record_follow_the_activation(files):
+def test_weights_id_follows_the_activation(files):
+    """Feature caches and run fingerprints never mix the two activations of one file; the activation the
+    file or the name implies keeps the plain id (as before this option existed)."""
     gelu, _ = _load(ARCH, files["safetensors"], False)
     quick, _ = _load(ARCH, files["safetensors"], True)
     named, _ = _load(f"{ARCH}-quickgelu", files["safetensors"], None)
-    assert quick.weights_id == gelu.weights_id + "+quickgelu"  # feature caches never mix the two
+    assert quick.weights_id == gelu.weights_id + "+quickgelu"
     assert named.weights_id == gelu.weights_id  # the name already says it
+    archive, _ = _load(ARCH, files["torchscript"], None)
+    archive_gelu, _ = _load(ARCH, files["torchscript"], False)
+    assert "+" not in archive.weights_id and archive_gelu.weights_id == archive.weights_id + "+gelu"
 
 
 def test_quickgelu_name_contradicting_flag_is_an_error(files):

@@ -13,7 +13,14 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from ..errors import ConfigError, VlpromptWarning
 from .base import Backbone, ImageOutput, KVPrompt, VisualPrompts
-from .checkpoints import build_model, convert_checkpoint, file_sha256, read_checkpoint, uses_quick_gelu
+from .checkpoints import (
+    build_model,
+    convert_checkpoint,
+    file_sha256,
+    read_checkpoint,
+    recorded_activation,
+    uses_quick_gelu,
+)
 from .clip import ClipBackbone
 from .configs import config_quick_gelu, register_configs
 from .hub import list_backbones
@@ -148,8 +155,11 @@ def load_backbone(
                             safe_pickle=pretrained is not None)
         weights_id = f"sha256:{file_sha256(weights)[:16]}"
     quick_gelu = uses_quick_gelu(model)
-    if quick_gelu and not config_quick_gelu(name):
-        weights_id += "+quickgelu"  # the same file with another activation gives other features (cache keys)
+    # The same file with the other activation gives other features: the weights id (feature-cache keys, run
+    # fingerprints) says so whenever the activation is not the one the name / the file itself implies.
+    natural = config_quick_gelu(name) or (weights is not None and recorded_activation(weights) is True)
+    if quick_gelu != natural:
+        weights_id += "+quickgelu" if quick_gelu else "+gelu"
     bb = ClipBackbone(model, open_clip.get_tokenizer(name), name=name, weights_id=weights_id)
     bb.weights_path = None if weights is None else str(Path(weights).resolve())
     bb.quick_gelu = quick_gelu
