@@ -50,7 +50,8 @@ def default_methods(
         return DEMO_METHODS
     from .backbones import load_backbone
 
-    bb = load_backbone(backbone, weights=weights, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    extra = {k: v for k, v in (("pretrained", pretrained), ("force_quick_gelu", quick_gelu)) if v is not None}
+    bb = load_backbone(backbone, weights=weights, **extra)
     if bb.supports_visual_prompts:
         return DEMO_METHODS
     return tuple(m for m in DEMO_METHODS if m != "maple")
