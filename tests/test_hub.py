@@ -162,6 +162,9 @@ def test_cli_pretrained_run_is_recorded_and_evaluates_offline(offline_hub, tiny_
     assert main(["eval", "--run", str(out), "--cache-dir", cache_dir]) == 0
     (bb,) = runs._BACKBONES.values()
     assert bb.pretrained == "openai" and bb.quick_gelu and max_diff(bb.model, reference) <= 1e-6
+    # the API alone rebuilds the backbone from the prompt's record: tag (hub cache) and activation
+    bb = vp.load_prompt(out).backbone
+    assert bb.pretrained == "openai" and bb.quick_gelu and max_diff(bb.model, reference) <= 1e-6
 
 
 def test_fresh_process_with_hf_hub_offline(offline_hub, reference, tmp_path):

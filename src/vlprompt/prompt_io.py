@@ -63,7 +63,8 @@ def load_prompt(
         path: the ``.safetensors`` written by :func:`save_prompt` (``prompt.json`` beside it),
             or a run directory.
         backbone: the backbone to attach (default: load the one recorded in the file, which
-            must then be loadable by name, e.g. ``tiny-clip``).
+            must then be loadable by name, e.g. ``tiny-clip``, or by its recorded pretrained tag;
+            the recorded activation is used).
         classnames: new class names (base → new evaluation); default: the trained ones.
 
     Example:
@@ -80,8 +81,9 @@ def load_prompt(
     tensors = _read_tensors(path)
     recorded = meta.get("quick_gelu")
     recorded = recorded if isinstance(recorded, bool) else None
-    if backbone is None:
-        backbone = load_backbone(meta["backbone"], force_quick_gelu=recorded)
+    if backbone is None:  # by name (and pretrained tag, through the hub cache), with the recorded activation
+        tag = meta.get("pretrained") if isinstance(meta.get("pretrained"), str) else None
+        backbone = load_backbone(meta["backbone"], force_quick_gelu=recorded, pretrained=tag)
     if backbone.name != meta["backbone"]:
         raise ConfigError(f"prompt was trained on backbone {meta['backbone']!r}, got {backbone.name!r}")
     if recorded is not None and backbone.quick_gelu is not None and backbone.quick_gelu != recorded:
