@@ -1,7 +1,7 @@
 """Command line: a thin layer over the API (``vlprompt --help``).
 
-Commands: ``methods``, ``datasets``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``, the protocols
-(``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``, ``vtab``, ``data-efficient``),
+Commands: ``methods``, ``datasets``, ``backbones``, ``train``, ``eval``, ``predict``, ``convert``, ``demo``, the
+protocols (``base2new``, ``few-shot``, ``multitask``, ``cross-dataset``, ``domain-gen``, ``vtab``, ``data-efficient``),
 ``sweep``, ``report``.
 User errors print one line (``error: ...``) and exit with status 2.
 """
@@ -35,10 +35,21 @@ def _parse_options(pairs: list[str], method: str) -> dict[str, Any]:
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tiny-clip",
-                   help="open_clip architecture, tiny-clip, effnet-minilm or timm:<ViT>")
+                   help="open_clip architecture (a -quickgelu suffix builds it with QuickGELU, e.g. "
+                        "ViT-B-16-quickgelu), tiny-clip, effnet-minilm or timm:<ViT> (`vlprompt backbones` lists them)")
     p.add_argument("--weights", help="checkpoint: .safetensors, open_clip state dict, OpenAI .pt archive")
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="pretrained tag fetched by open_clip / timm into the Hugging Face cache, e.g. openai "
+                        "(offline once cached; `vlprompt backbones` lists the tags)")
+    _add_quick_gelu(p)
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+
+
+def _add_quick_gelu(p: argparse.ArgumentParser, what: str = "build the CLIP towers with") -> None:
+    p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{what} QuickGELU (OpenAI's weights) / GELU (--no-quick-gelu); default: from the "
+                        "architecture name, the pretrained tag or the weights file, with a warning when unknown")
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subsample", choices=["all", "base", "new"], help="default: the run's")
     p.add_argument("--dataset", help="another dataset (cross-dataset transfer); default: the run's")
     p.add_argument("--root", help="data root of --dataset")
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="backbone weights (default: the run's, or its --pretrained tag)")
+    _add_quick_gelu(p, "override the run's recorded activation:")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir")
@@ -212,20 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
     p.add_argument("--classnames", help="predict among these classes instead of the training ones: comma-"
                    "separated names, or a text file with one name per line (the prompt is re-targeted)")
-    p.add_argument("--weights")
+    p.add_argument("--weights", help="backbone weights (default: the run's, or its --pretrained tag)")
+    _add_quick_gelu(p, "override the run's recorded activation:")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("convert", help="convert a checkpoint to .safetensors once")
+    p = sub.add_parser("convert", help="convert a checkpoint to .safetensors once (records the activation)")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--trust-checkpoint", action="store_true")
+    _add_quick_gelu(p, "record that the weights need")
+
+    p = sub.add_parser("backbones", help="list backbone architectures and their pretrained tags (--pretrained)")
+    p.add_argument("pattern", nargs="?",
+                   help="only names matching this shell pattern, e.g. 'ViT-B-*' or 'timm:vit_base*'")
+    p.add_argument("--no-timm", action="store_true", help="open_clip architectures only")
 
     p = sub.add_parser("demo", help="base-to-new on the whole tiny suite: zero-shot, linear probe and every "
                                     "text-prompt method (tiny-clip, one seed; report + bar plot)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--backbone", default="tiny-clip")
     p.add_argument("--weights", default=None, help="backbone weights (default: the embedded ones)")
+    p.add_argument("--pretrained", metavar="TAG", help="pretrained tag instead of --weights (see `vlprompt backbones`)")
+    _add_quick_gelu(p)
     p.add_argument("--methods", default=None,
                    help="comma-separated methods (default: zeroshot,linear-probe,coop,cocoop,kgcoop,maple)")
     p.add_argument("--tasks", default=None, help="comma-separated tiny/<task> names (default: the suite's base tasks)")
@@ -311,13 +332,6 @@ def cmd_datasets(args: argparse.Namespace) -> int | None:
     return 1 if failed else None
 
 
-def _load_backbone(name: str, weights: str | None, trust: bool, device: str):
-    from . import load_backbone
-    from .engine.precision import resolve_device
-
-    return load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
-
-
 def _spec(args: argparse.Namespace, **overrides: Any):
     from .protocols import RunSpec
 
@@ -326,6 +340,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "shots": getattr(args, "shots", None), "seed": getattr(args, "seed", 1),
         "subsample": getattr(args, "subsample", "all"),
         "backbone": args.backbone, "weights": args.weights, "trust_checkpoint": args.trust_checkpoint,
+        "pretrained": args.pretrained, "quick_gelu": args.quick_gelu,
         "preset": args.preset, "method_options": _parse_options(args.opt, args.method),
         "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
@@ -346,13 +361,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _run_setup(run: Path, args: argparse.Namespace):
     from .engine.run import RunDir
-    from .protocols.runs import get_backbone
+    from .protocols.runs import run_backbone
 
     cfg = RunDir(run).read_config()
     if not cfg:
         raise ConfigError(f"{run} is not a run directory (no config.yaml); train one with `vlprompt train`")
-    bcfg = cfg["backbone"]
-    return cfg, get_backbone(bcfg["name"], args.weights or bcfg.get("weights"), args.trust_checkpoint, args.device)
+    return cfg, run_backbone(cfg, args.weights, args.trust_checkpoint, args.device, quick_gelu=args.quick_gelu)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -369,7 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     name, root = args.dataset or ds["name"], args.root or ds["root"]
     subsample = args.subsample or ds["subsample"]
     out = evaluate_run(run.path, name, root, subsample, cache_dir=args.cache_dir, weights=args.weights,
-                       trust_checkpoint=args.trust_checkpoint, device=args.device)
+                       trust_checkpoint=args.trust_checkpoint, device=args.device, quick_gelu=args.quick_gelu)
     name_part = out["dataset"].replace("/", "_")
     atomic_write(run.path / f"eval_{name_part}_{subsample}.json", json.dumps(out, indent=2) + "\n")
     results = run.read_results()
@@ -459,8 +473,30 @@ def _read_classnames(value: str) -> list[str]:
 def cmd_convert(args: argparse.Namespace) -> None:
     from .backbones import convert_checkpoint
 
-    out = convert_checkpoint(args.src, args.dst, trust_checkpoint=args.trust_checkpoint)
+    out = convert_checkpoint(args.src, args.dst, trust_checkpoint=args.trust_checkpoint, quick_gelu=args.quick_gelu)
     print(f"wrote {out}")
+
+
+def cmd_backbones(args: argparse.Namespace) -> None:
+    """``vlprompt backbones``: every architecture with its pretrained tags (open_clip's table, timm's)."""
+    import fnmatch
+
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from .backbones import list_backbones
+
+    table = list_backbones(include_timm=not args.no_timm)
+    names = [n for n in table if not args.pattern or fnmatch.fnmatchcase(n, args.pattern)]
+    if not names:
+        raise ConfigError(f"no backbone matches {args.pattern!r}; try `vlprompt backbones` without a pattern")
+    width = max(len(n) for n in names)
+    for name in names:
+        tags = [t + ("*" if not name.startswith("timm:") and get_pretrained_cfg(name, t).get("quick_gelu") else "")
+                for t in table[name]]
+        print(f"{name:{width}s}  {', '.join(tags) or '-'}")
+    print("\n--backbone NAME --pretrained TAG: fetched by open_clip / timm into the Hugging Face cache (offline once "
+          "cached); or --weights FILE.\n* trained with QuickGELU: --pretrained TAG builds it so; with --weights use "
+          "NAME-quickgelu or --quick-gelu")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -469,7 +505,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     kw = {"methods": methods} if methods else {}
-    res = run_demo(args.out, backbone=args.backbone, weights=args.weights, tasks=tasks, seed=args.seed,
+    res = run_demo(args.out, backbone=args.backbone, weights=args.weights, pretrained=args.pretrained,
+                   quick_gelu=args.quick_gelu, tasks=tasks, seed=args.seed,
                    epochs=args.epochs, root=args.suite, workers=args.workers, **kw)
     print("\n" + res["table"])
     print(f"\nreport: {Path(args.out) / 'demo.md'}; run directories under {args.out}/")
@@ -479,7 +516,7 @@ COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
     "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
     "few-shot": cmd_protocol, "multitask": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
-    "vtab": cmd_vtab, "data-efficient": cmd_protocol,
+    "vtab": cmd_vtab, "data-efficient": cmd_protocol, "backbones": cmd_backbones,
 }
 
 

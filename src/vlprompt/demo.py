@@ -40,14 +40,19 @@ def demo_tasks() -> list[str]:
     return [f"tiny/{s.name}" for s in SPECS if s.fmt == "split_zhou" and s.variant_of is None and not s.optional]
 
 
-def default_methods(backbone: str = "tiny-clip", weights: str | None = None) -> tuple[str, ...]:
+def default_methods(
+    backbone: str = "tiny-clip", weights: str | None = None, pretrained: str | None = None,
+    quick_gelu: bool | None = None,
+) -> tuple[str, ...]:
     """:data:`DEMO_METHODS` less those the backbone cannot run (MaPLe needs a ViT image tower with visual
     prompts: a CNN tower such as ``effnet-minilm``'s drops it)."""
     if backbone == "tiny-clip":
         return DEMO_METHODS
     from .backbones import load_backbone
 
-    if load_backbone(backbone, weights=weights).supports_visual_prompts:
+    extra = {k: v for k, v in (("pretrained", pretrained), ("force_quick_gelu", quick_gelu)) if v is not None}
+    bb = load_backbone(backbone, weights=weights, **extra)
+    if bb.supports_visual_prompts:
         return DEMO_METHODS
     return tuple(m for m in DEMO_METHODS if m != "maple")
 
@@ -56,6 +61,7 @@ def run_demo(
     out: str | Path = "runs/demo", backbone: str = "tiny-clip", weights: str | None = None,
     methods: list[str] | tuple[str, ...] | None = None, tasks: list[str] | None = None, seed: int = 1,
     shots: int = 16, epochs: int | None = None, root: str = ".", workers: int = 2, log: Any = print,
+    pretrained: str | None = None, quick_gelu: bool | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"rows", "average", "seconds", "files"}``.
 
@@ -63,11 +69,12 @@ def run_demo(
     ``hm`` are ``None`` for the linear probe). ``epochs`` overrides the presets' 10 epochs (quick checks).
     ``root``: a tiny suite folder (default: the cache, generated on first use). ``workers``: processes
     running the (method, task) runs in parallel, one torch thread each (1: in this process).
-    Finished runs (their ``results.json`` exists) are reused.
+    Finished runs (their ``results.json`` exists) are reused. ``pretrained`` / ``quick_gelu``: as
+    :func:`vlprompt.load_backbone`'s ``pretrained`` / ``force_quick_gelu``.
     """
     out = Path(out)
     if methods is None:
-        methods = default_methods(backbone, weights)
+        methods = default_methods(backbone, weights, pretrained, quick_gelu)
         if len(methods) < len(DEMO_METHODS):
             log(f"demo: {', '.join(m for m in DEMO_METHODS if m not in methods)} skipped: backbone {backbone!r} "
                 "has no ViT image tower for visual prompts")
@@ -77,7 +84,8 @@ def run_demo(
     train = {"epochs": epochs} if epochs is not None else {}
     rows: dict[str, dict[str, dict[str, float | None]]] = {t: {} for t in tasks}
     seconds: dict[str, float] = dict.fromkeys(methods, 0.0)
-    jobs = [(m, t, str(out), backbone, weights, shots, seed, root, train) for m in methods for t in tasks]
+    bb_args = {"backbone": backbone, "weights": weights, "pretrained": pretrained, "quick_gelu": quick_gelu}
+    jobs = [(m, t, str(out), bb_args, shots, seed, root, train) for m in methods for t in tasks]
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         results = map(_job, jobs)
@@ -143,20 +151,21 @@ def _init_worker() -> None:
 
 def _job(job: tuple) -> tuple[str, str, dict[str, float | None], float]:
     """One (method, task) base-to-new run; returns ``(method, task, {base, new, hm}, seconds)``."""
-    method, task, out, backbone, weights, shots, seed, root, train = job
+    method, task, out, bb_args, shots, seed, root, train = job
+    backbone = bb_args["backbone"]
     t0 = time.perf_counter()
     run_out = Path(out) / method / task / f"seed{seed}"
     if method in BASE_ONLY:
-        res = train_run(RunSpec(method, task, root, out=str(run_out), backbone=backbone, weights=weights,
-                                shots=shots, seed=seed, subsample="base"))
+        res = train_run(RunSpec(method, task, root, out=str(run_out), **bb_args, shots=shots, seed=seed,
+                                subsample="base"))
         return method, task, {"base": res["acc"], "new": None, "hm": None}, time.perf_counter() - t0
     preset = "dept" if method.split("+")[0] in PRESETS else None
     options = dict(DEMO_OPTIONS.get(method.split("+")[0], {})) if backbone == "tiny-clip" else {}
-    res = train_run(RunSpec(method, task, root, out=str(run_out), backbone=backbone, weights=weights, shots=shots,
+    res = train_run(RunSpec(method, task, root, out=str(run_out), **bb_args, shots=shots,
                             seed=seed, subsample="base", preset=preset, train_options=dict(train),
                             method_options=options))
     if "new_acc" not in res:  # as protocols.base2new: re-target the trained run to the new classes
-        new = evaluate_run(run_out, task, root, "new", weights=weights)
+        new = evaluate_run(run_out, task, root, "new", weights=bb_args["weights"])
         res = {**res, "new_acc": new["acc"], "hm": hm(res["base_acc"], new["acc"])}
         RunDir(run_out).write_results(res)
     return method, task, {"base": res["base_acc"], "new": res["new_acc"], "hm": res["hm"]}, time.perf_counter() - t0

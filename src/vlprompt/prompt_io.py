@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from . import __version__
 from .backbones import load_backbone
 from .backbones.base import Backbone
 from .engine.run import atomic_write
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, VlpromptWarning
 from .methods import build_method
 from .methods.base import PromptMethod, config_to_dict, parse_method_options
 
@@ -41,6 +42,7 @@ def save_prompt(model: PromptMethod, path: str | Path) -> Path:
         "format": "vlprompt-prompt", "version": 1, "vlprompt": __version__,
         "method": method_identity(model), "config": config_to_dict(model.config),
         "backbone": model.backbone.name, "weights": model.backbone.weights_id,
+        "quick_gelu": model.backbone.quick_gelu, "pretrained": model.backbone.pretrained,
         "classnames": model.classnames,
     }
     atomic_write(path, save_safetensors(tensors, metadata={"method": meta["method"]}))
@@ -61,7 +63,8 @@ def load_prompt(
         path: the ``.safetensors`` written by :func:`save_prompt` (``prompt.json`` beside it),
             or a run directory.
         backbone: the backbone to attach (default: load the one recorded in the file, which
-            must then be loadable by name, e.g. ``tiny-clip``).
+            must then be loadable by name, e.g. ``tiny-clip``, or by its recorded pretrained tag;
+            the recorded activation is used).
         classnames: new class names (base → new evaluation); default: the trained ones.
 
     Example:
@@ -76,10 +79,20 @@ def load_prompt(
     # Everything read from the two files is checked before anything is built from it.
     meta = _read_meta(meta_path)
     tensors = _read_tensors(path)
-    if backbone is None:
-        backbone = load_backbone(meta["backbone"])
+    recorded = meta.get("quick_gelu")
+    recorded = recorded if isinstance(recorded, bool) else None
+    if backbone is None:  # by name (and pretrained tag, through the hub cache), with the recorded activation
+        tag = meta.get("pretrained") if isinstance(meta.get("pretrained"), str) else None
+        backbone = load_backbone(meta["backbone"], force_quick_gelu=recorded, pretrained=tag)
     if backbone.name != meta["backbone"]:
         raise ConfigError(f"prompt was trained on backbone {meta['backbone']!r}, got {backbone.name!r}")
+    if recorded is not None and backbone.quick_gelu is not None and backbone.quick_gelu != recorded:
+        warnings.warn(
+            f"{path.name} was trained on {meta['backbone']} with {'QuickGELU' if recorded else 'GELU'}, but the "
+            f"backbone given runs {'QuickGELU' if backbone.quick_gelu else 'GELU'}: its features differ; load it "
+            f"with force_quick_gelu={recorded} (--{'' if recorded else 'no-'}quick-gelu)",
+            VlpromptWarning, stacklevel=2,
+        )
     try:
         model = build_method(meta["method"], backbone, meta["classnames"], **meta["config"])
     except ConfigError as exc:

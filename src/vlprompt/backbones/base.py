@@ -107,6 +107,10 @@ class Backbone(nn.Module):
             engine's transforms read them through :func:`vlprompt.data.transforms.image_norm`.
         prompt_kinds: the visual prompt kinds ``encode_image`` accepts: ``"shallow"`` tokens,
             ``"deep"`` per-layer replacements, ``"kv"`` key/value prompts (Swin: shallow only).
+        quick_gelu: CLIP towers: whether they run QuickGELU (OpenAI's activation) rather than
+            GELU; ``None`` for backbones where the choice does not exist. Recorded in runs.
+        pretrained: the pretrained tag the weights came from (``"openai"``), or ``None``.
+        weights_path: the weights file (a ``pretrained`` tag's file in the hub cache), or ``None``.
     """
 
     name: str
@@ -127,6 +131,9 @@ class Backbone(nn.Module):
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
     prompt_kinds: tuple[str, ...] = ("shallow", "deep", "kv")
+    quick_gelu: bool | None = None
+    pretrained: str | None = None
+    weights_path: str | None = None
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -36,16 +38,22 @@ from pathlib import Path
 import open_clip
 import torch
 
-from vlprompt.backbones.configs import register_configs
-from vlprompt.errors import CheckpointError, ConfigError
+from vlprompt.backbones.configs import QUICKGELU_SUFFIX, config_quick_gelu, ensure_quickgelu_variant, register_configs
+from vlprompt.errors import CheckpointError, ConfigError, VlpromptWarning
 
 __all__ = [
+    "ACTIVATION_KEY",
     "CHECKPOINT_FORMATS",
+    "activation_metadata",
     "build_model",
     "checkpoint_format",
     "convert_checkpoint",
     "file_sha256",
+    "openai_quick_gelu_archs",
     "read_checkpoint",
+    "recorded_activation",
+    "resolve_activation",
+    "uses_quick_gelu",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,7 +212,9 @@ def _normalize_state_dict(obj: object, p: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: StrPath, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+def read_checkpoint(
+    path: StrPath, trust_checkpoint: bool = False, safe_pickle: bool = False
+) -> dict[str, torch.Tensor]:
     """Read a checkpoint into a flat, float32, CPU state dict with open_clip key names.
 
     Safetensors files are always read. Pickle-based files (``torch.save`` state dicts and
@@ -219,6 +229,10 @@ def read_checkpoint(path: StrPath, trust_checkpoint: bool = False) -> dict[str, 
     Args:
         path: The checkpoint file.
         trust_checkpoint: Allow reading pickle-based formats.
+        safe_pickle: Read a ``torch.save`` file without ``trust_checkpoint`` through torch's
+            restricted ``weights_only`` unpickler (tensors and plain containers only; it cannot run
+            code). Used for files that open_clip / timm fetched from the Hugging Face hub, which
+            those libraries read the same way.
 
     Returns:
         A mapping from parameter/buffer name to tensor.
@@ -228,7 +242,8 @@ def read_checkpoint(path: StrPath, trust_checkpoint: bool = False) -> dict[str, 
     """
     p = _existing_file(path)
     fmt = checkpoint_format(p)
-    if fmt != "safetensors" and not trust_checkpoint:
+    restricted = fmt == "pickle" and safe_pickle and not trust_checkpoint
+    if fmt != "safetensors" and not trust_checkpoint and not restricted:
         raise CheckpointError(_untrusted_message(p, fmt))
     try:
         if fmt == "safetensors":
@@ -241,7 +256,7 @@ def read_checkpoint(path: StrPath, trust_checkpoint: bool = False) -> dict[str, 
                 warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
                 obj = torch.jit.load(str(p), map_location="cpu").state_dict()
         else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=False)
+            obj = torch.load(str(p), map_location="cpu", weights_only=restricted)
     except CheckpointError:
         raise
     except Exception as e:  # corrupt files surface as many different exception types
@@ -277,6 +292,8 @@ def _quiet_random_init_warning() -> Iterator[None]:
 
 def _check_arch(arch: str) -> None:
     register_configs()
+    if ensure_quickgelu_variant(arch):
+        return
     known = open_clip.list_models()
     if arch in known:
         return
@@ -361,22 +378,144 @@ def _match_state_dict(
     return state
 
 
-def _is_openai_archive(p: Path) -> bool:
-    """True for a TorchScript archive, or a safetensors file :func:`convert_checkpoint` made from one."""
-    fmt = checkpoint_format(p)
-    if fmt == "torchscript":
-        return True
-    if fmt != "safetensors":
-        return False
+# --------------------------------------------------------------------------- activation (GELU / QuickGELU)
+
+#: safetensors metadata key in which vlprompt records the activation a CLIP checkpoint needs.
+ACTIVATION_KEY = "activation"
+_ACTIVATION_VALUES = {"quick_gelu": True, "gelu": False}
+
+
+def activation_metadata(quick_gelu: bool) -> dict[str, str]:
+    """The safetensors metadata entry recording a CLIP checkpoint's activation.
+
+    Example:
+        >>> activation_metadata(True)
+        {'activation': 'quick_gelu'}
+    """
+    return {ACTIVATION_KEY: "quick_gelu" if quick_gelu else "gelu"}
+
+
+def _safetensors_metadata(p: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+            return dict(f.metadata() or {})
     except Exception as e:  # corrupt header: read_checkpoint reports it with the file name
         logger.debug("Cannot read safetensors metadata of %s: %s", p, e)
-        return False
-    return meta.get("format") == "vlprompt-converted" and meta.get("source_format") == "torchscript"
+        return {}
+
+
+def recorded_activation(path: StrPath) -> bool | None:
+    """The activation a checkpoint file says its weights need: ``True`` = QuickGELU, ``False`` = GELU.
+
+    * a TorchScript archive is OpenAI's own format: QuickGELU;
+    * a ``.safetensors`` file with an ``activation`` metadata entry (``"quick_gelu"`` / ``"gelu"``,
+      written by :func:`convert_checkpoint`; ``vlprompt pretrain-tiny`` writes it inside its one
+      ``vlprompt`` JSON entry): that value;
+      one that :func:`convert_checkpoint` made from a TorchScript archive before the entry existed:
+      QuickGELU;
+    * anything else (a plain open_clip state dict): ``None``, the file does not say.
+
+    Raises:
+        CheckpointError: The file is missing or in no known format.
+    """
+    p = _existing_file(path)
+    fmt = checkpoint_format(p)
+    if fmt == "torchscript":
+        return True
+    if fmt != "safetensors":
+        return None
+    meta = _safetensors_metadata(p)
+    value = meta.get(ACTIVATION_KEY)
+    if value is None and "vlprompt" in meta:  # pretrain-tiny keeps one JSON metadata entry (deterministic bytes)
+        try:
+            inner = json.loads(meta["vlprompt"])
+        except ValueError:
+            inner = None
+        value = inner.get(ACTIVATION_KEY) if isinstance(inner, dict) else None
+    if value is not None:
+        if value not in _ACTIVATION_VALUES:
+            raise CheckpointError(
+                f"Checkpoint '{p}' records {ACTIVATION_KEY}={value!r}; expected one of {sorted(_ACTIVATION_VALUES)}."
+            )
+        return _ACTIVATION_VALUES[value]
+    if meta.get("format") == "vlprompt-converted" and meta.get("source_format") == "torchscript":
+        return True
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def openai_quick_gelu_archs() -> frozenset[str]:
+    """Architectures whose OpenAI release (open_clip's ``openai`` pretrained tag) uses QuickGELU.
+
+    Read from open_clip's pretrained table: ``RN50``, ``RN101``, ``RN50x4``, ``RN50x16``, ``RN50x64``,
+    ``ViT-B-32``, ``ViT-B-16``, ``ViT-L-14``, ``ViT-L-14-336`` with open_clip 3.3.
+    """
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return frozenset(
+        arch for arch, tag in open_clip.list_pretrained()
+        if tag == "openai" and get_pretrained_cfg(arch, tag).get("quick_gelu", False)
+    )
+
+
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    """Whether a built open_clip model runs QuickGELU activations."""
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
+
+
+def _ambiguous_message(arch: str, p: Path) -> str:
+    base = arch[: -len(QUICKGELU_SUFFIX)] if arch.endswith(QUICKGELU_SUFFIX) else arch
+    return (
+        f"'{p}' is a plain state dict that does not record its activation, loaded into {arch}, whose OpenAI "
+        "release uses QuickGELU; it is built with GELU. If these are OpenAI weights every feature would be "
+        f"wrong: pass --quick-gelu (API: force_quick_gelu=True) or use the architecture '{base}{QUICKGELU_SUFFIX}'. "
+        "If they were trained with GELU (e.g. LAION), pass --no-quick-gelu (API: force_quick_gelu=False)."
+    )
+
+
+def resolve_activation(arch: str, weights: StrPath | None = None, force_quick_gelu: bool | None = None) -> bool:
+    """Decide whether ``arch`` is built with QuickGELU (``True``) or its config's activation.
+
+    In order: ``force_quick_gelu`` when given, or a ``-quickgelu`` architecture name (the user's
+    explicit choice; when the file records the other activation a :class:`VlpromptWarning` says so);
+    then what the weights file records (:func:`recorded_activation`); otherwise the architecture's
+    own setting. In that last case, when ``arch`` is one whose OpenAI release uses QuickGELU
+    (:func:`openai_quick_gelu_archs`) and weights were given, one :class:`VlpromptWarning` gives the
+    exact fix: OpenAI weights saved as a plain state dict would otherwise silently run with GELU.
+
+    Raises:
+        ConfigError: ``force_quick_gelu=False`` for a ``-quickgelu`` architecture (contradiction).
+    """
+    named = config_quick_gelu(arch)
+    if named and force_quick_gelu is False:
+        base = arch[: -len(QUICKGELU_SUFFIX)] if arch.endswith(QUICKGELU_SUFFIX) else arch
+        raise ConfigError(
+            f"'{arch}' is a QuickGELU architecture, which --no-quick-gelu (force_quick_gelu=False) contradicts; "
+            f"use '{base}' for GELU"
+        )
+    p = _existing_file(weights) if weights is not None else None
+    recorded = recorded_activation(p) if p is not None else None
+    explicit = True if named else force_quick_gelu
+    if explicit is not None:
+        if p is not None and recorded is not None and recorded != explicit:
+            said = "QuickGELU" if recorded else "GELU"
+            used = "QuickGELU" if explicit else "GELU"
+            warnings.warn(
+                f"'{p}' records that its weights need {said}, but {arch} is built with {used} as asked "
+                f"({'the -quickgelu name' if named else '--quick-gelu / --no-quick-gelu'}); drop that to "
+                "use the recorded activation",
+                VlpromptWarning,
+                stacklevel=3,
+            )
+        return explicit
+    if recorded is not None:
+        logger.info("'%s' records %s: building %s with it.", p, "QuickGELU" if recorded else "GELU", arch)
+        return recorded
+    if p is not None and arch in openai_quick_gelu_archs():
+        warnings.warn(_ambiguous_message(arch, p), VlpromptWarning, stacklevel=3)
+    return False
 
 
 def build_model(
@@ -384,41 +523,51 @@ def build_model(
     weights: StrPath | None = None,
     trust_checkpoint: bool = False,
     force_quick_gelu: bool | None = None,
+    safe_pickle: bool = False,
 ) -> open_clip.CLIP | open_clip.CustomTextCLIP:
     """Create an open_clip model in fp32 on the CPU, in eval mode, optionally with weights.
 
     Nothing is downloaded: the architecture is built with ``pretrained=None`` and the weights,
     if given, come from a local file read by :func:`read_checkpoint` and loaded strictly.
 
-    OpenAI's CLIP models were trained with QuickGELU. When ``weights`` is a TorchScript archive
-    (the OpenAI ``.pt`` format), or a ``.safetensors`` file that :func:`convert_checkpoint`
-    made from one, and ``force_quick_gelu`` is ``None``, the model is built with
-    ``force_quick_gelu=True`` so its outputs match the original; pass ``False`` to override.
-    Otherwise ``None`` means the architecture's own setting (use a ``-quickgelu`` architecture
-    name, or ``True`` here, for OpenAI weights converted by other tools).
+    OpenAI's CLIP models were trained with QuickGELU; GELU gives different features (about 3e-2
+    max abs with random weights). The activation is chosen by :func:`resolve_activation`:
+    ``force_quick_gelu`` (``True`` / ``False``) or a ``-quickgelu`` architecture name when given,
+    else what the file records (TorchScript archives, i.e. OpenAI's ``.pt`` format, and
+    ``.safetensors`` files written by :func:`convert_checkpoint` from them: QuickGELU; any
+    ``.safetensors`` with vlprompt's ``activation`` metadata: that), else the architecture's own
+    setting, with a warning naming the fix when a plain state dict meets an architecture whose
+    OpenAI release uses QuickGELU.
 
     Args:
-        arch: An open_clip architecture name, e.g. ``"ViT-B-16"`` or ``"tiny-clip"``.
+        arch: An open_clip architecture name, e.g. ``"ViT-B-16"``, ``"ViT-B-16-quickgelu"`` or
+            ``"tiny-clip"`` (``-quickgelu`` works on every architecture).
         weights: Optional checkpoint file (safetensors, TorchScript archive or state dict).
         trust_checkpoint: Allow pickle-based checkpoint formats (see :func:`read_checkpoint`).
-        force_quick_gelu: Force QuickGELU activations (``None``: decide as described above).
+        force_quick_gelu: ``True``: QuickGELU; ``False``: the architecture's GELU; ``None``:
+            decide as described above.
+        safe_pickle: Read a ``torch.save`` file with torch's restricted unpickler (see
+            :func:`read_checkpoint`).
 
     Returns:
         The model (``open_clip.CLIP`` or ``open_clip.CustomTextCLIP``) in eval mode.
 
     Raises:
-        ConfigError: ``arch`` is unknown; the message lists close matches.
+        ConfigError: ``arch`` is unknown (the message lists close matches), or the activation
+            asked for contradicts the architecture name.
         CheckpointError: The weights cannot be read, are untrusted, or do not match ``arch``.
+
+    Example:
+        >>> model = build_model("ViT-B-16", "ViT-B-16.safetensors", force_quick_gelu=True)
     """
     _check_arch(arch)
     state: dict[str, torch.Tensor] | None = None
     p: Path | None = None
     if weights is not None:
         p = _existing_file(weights)
-        if force_quick_gelu is None and _is_openai_archive(p):
-            force_quick_gelu = True
-            logger.info("'%s' holds OpenAI (TorchScript) weights: building %s with QuickGELU.", p, arch)
-        state = read_checkpoint(p, trust_checkpoint=trust_checkpoint)
+    quick_gelu = resolve_activation(arch, p, force_quick_gelu)
+    if p is not None:
+        state = read_checkpoint(p, trust_checkpoint=trust_checkpoint, safe_pickle=safe_pickle)
 
     with _quiet_random_init_warning():
         model = open_clip.create_model(
@@ -426,7 +575,7 @@ def build_model(
             pretrained=None,
             precision="fp32",
             device="cpu",
-            force_quick_gelu=bool(force_quick_gelu),
+            force_quick_gelu=quick_gelu,
             pretrained_image=False,
             pretrained_text=False,
         )
@@ -436,7 +585,7 @@ def build_model(
     else:
         to_load = _match_state_dict(arch, model, state, p)
         model.load_state_dict(to_load, strict=True)
-        logger.info("Loaded '%s' weights from %s.", arch, p)
+        logger.info("Loaded '%s' weights from %s (%s).", arch, p, "QuickGELU" if quick_gelu else "GELU")
     return model.eval()
 
 
@@ -451,18 +600,30 @@ def _owned_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def convert_checkpoint(src: StrPath, dst: StrPath, trust_checkpoint: bool = False) -> Path:
+def _is_clip_state(state: Mapping[str, torch.Tensor]) -> bool:
+    return "text_projection" in state and any(k.startswith("visual.") for k in state)
+
+
+def convert_checkpoint(
+    src: StrPath, dst: StrPath, trust_checkpoint: bool = False, quick_gelu: bool | None = None
+) -> Path:
     """Convert a checkpoint to a ``.safetensors`` file that loads without trusting pickle.
 
     ``src`` is read with :func:`read_checkpoint` (same trust rule and clean-up: unwrapped,
     prefix-stripped, float32). The output is written to a temporary file next to ``dst`` and
     renamed into place, so an interrupted conversion never leaves a partial ``dst``. Its
-    metadata records ``{"format": "vlprompt-converted", "source_format": <format of src>}``.
+    metadata records ``{"format": "vlprompt-converted", "source_format": <format of src>}`` and,
+    when it is known, the activation the weights need (``"activation": "quick_gelu"`` or ``"gelu"``,
+    honoured by :func:`build_model`): ``quick_gelu`` when given, else what ``src`` records
+    (:func:`recorded_activation`; a TorchScript archive is OpenAI's, QuickGELU). A CLIP state dict
+    whose activation is unknown is written without it, with a :class:`VlpromptWarning` saying how to
+    record it.
 
     Args:
         src: The checkpoint to convert.
         dst: The output path; must end with ``.safetensors``.
         trust_checkpoint: Allow reading a pickle-based ``src``.
+        quick_gelu: Record QuickGELU (``True``) or GELU (``False``); ``None``: what ``src`` records.
 
     Returns:
         The path of the written file.
@@ -476,6 +637,18 @@ def convert_checkpoint(src: StrPath, dst: StrPath, trust_checkpoint: bool = Fals
     src_path = _existing_file(src)
     fmt = checkpoint_format(src_path)
     state = read_checkpoint(src_path, trust_checkpoint=trust_checkpoint)
+    activation = quick_gelu if quick_gelu is not None else recorded_activation(src_path)
+    metadata = {"format": "vlprompt-converted", "source_format": fmt}
+    if activation is not None:
+        metadata.update(activation_metadata(activation))
+    elif _is_clip_state(state):
+        warnings.warn(
+            f"'{src_path}' does not say which activation its weights need, so '{out}' does not record it either; "
+            "convert with --quick-gelu (OpenAI weights) or --no-quick-gelu (GELU, e.g. LAION) to record it "
+            "(API: quick_gelu=True / False)",
+            VlpromptWarning,
+            stacklevel=2,
+        )
     tensors = {k: _owned_contiguous(v) for k, v in state.items()}
 
     from safetensors.torch import save_file
@@ -485,7 +658,7 @@ def convert_checkpoint(src: StrPath, dst: StrPath, trust_checkpoint: bool = Fals
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        save_file(tensors, str(tmp), metadata={"format": "vlprompt-converted", "source_format": fmt})
+        save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, out)
     except BaseException as e:
         tmp.unlink(missing_ok=True)

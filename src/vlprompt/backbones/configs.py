@@ -34,6 +34,37 @@ def register_configs() -> None:
             _oc_factory._MODEL_CONFIGS[name] = copy.deepcopy(cfg)
 
 
+#: Suffix of an architecture name that builds the architecture with QuickGELU (open_clip's convention).
+QUICKGELU_SUFFIX = "-quickgelu"
+
+
+def ensure_quickgelu_variant(name: str) -> bool:
+    """Register ``<arch>-quickgelu`` for any known ``<arch>`` that open_clip ships no such config for.
+
+    open_clip has ``-quickgelu`` configs for the OpenAI architectures only (``ViT-B-16-quickgelu`` ...);
+    vlprompt accepts the suffix on every architecture (``tiny-clip-quickgelu``), so the name alone always
+    says which activation a model uses. Returns whether ``name`` is (now) a registered architecture.
+    """
+    register_configs()
+    if name in _oc_factory._MODEL_CONFIGS:
+        return True
+    if not name.endswith(QUICKGELU_SUFFIX):
+        return False
+    base = name[: -len(QUICKGELU_SUFFIX)]
+    cfg = _oc_factory._MODEL_CONFIGS.get(base)
+    if cfg is None:
+        return False
+    _oc_factory._MODEL_CONFIGS[name] = {**copy.deepcopy(cfg), "quick_gelu": True}
+    return True
+
+
+def config_quick_gelu(name: str) -> bool:
+    """Whether the architecture's own config builds QuickGELU (``-quickgelu`` names do)."""
+    ensure_quickgelu_variant(name)
+    cfg = _oc_factory._MODEL_CONFIGS.get(name) or {}
+    return bool(cfg.get("quick_gelu", False))
+
+
 def list_architectures() -> list[str]:
     """All architecture names open_clip can build (including vlprompt's)."""
     register_configs()

@@ -250,8 +250,14 @@ def _check_npz(model: torch.nn.Module, arch: str, p: Path) -> None:
         )
 
 
-def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, trust_checkpoint: bool = False) -> None:
-    """Load a local checkpoint into a timm ViT / Swin strictly (see the module docstring for formats)."""
+def load_timm_weights(
+    model: torch.nn.Module, arch: str, weights: str | Path, trust_checkpoint: bool = False, safe_pickle: bool = False
+) -> None:
+    """Load a local checkpoint into a timm ViT / Swin strictly (see the module docstring for formats).
+
+    ``safe_pickle`` reads a ``torch.save`` file with torch's restricted unpickler without
+    ``trust_checkpoint`` (files timm fetched from the hub, see :func:`~vlprompt.backbones.checkpoints.read_checkpoint`).
+    """
     from timm.models import swin_transformer, vision_transformer
 
     from .checkpoints import _existing_file, _match_state_dict, read_checkpoint
@@ -268,7 +274,8 @@ def load_timm_weights(model: torch.nn.Module, arch: str, weights: str | Path, tr
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"Checkpoint '{p}' does not match timm architecture '{arch}': {e}") from e
         return
-    state = convert_ssl_state(read_checkpoint(p, trust_checkpoint=trust_checkpoint), model, str(p))
+    state = convert_ssl_state(read_checkpoint(p, trust_checkpoint=trust_checkpoint, safe_pickle=safe_pickle), model,
+                              str(p))
     try:
         state = checkpoint_filter_fn(state, model)
     except Exception as e:  # timm's converters raise many types on foreign layouts
@@ -292,6 +299,7 @@ def load_timm_backbone(
     trust_checkpoint: bool = False,
     seed: int = 0,
     model_kwargs: dict | None = None,
+    safe_pickle: bool = False,
 ) -> ImageOnlyBackbone:
     """Build ``"timm:<arch>"``, a ViT or a Swin (random with ``seed``, or with local ``weights``).
 
@@ -310,7 +318,7 @@ def load_timm_backbone(
     if weights is None:
         weights_id = f"random-seed{seed}"
     else:
-        load_timm_weights(model, arch, weights, trust_checkpoint=trust_checkpoint)
+        load_timm_weights(model, arch, weights, trust_checkpoint=trust_checkpoint, safe_pickle=safe_pickle)
         weights_id = f"sha256:{file_sha256(weights)[:16]}"
     from timm.models.swin_transformer import SwinTransformer
 

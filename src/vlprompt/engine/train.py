@@ -186,7 +186,8 @@ def fit(
             **info, "dataset": {"name": task.name, "root": str(task.root), "shots": task.shots,
                                 "seed": task.seed, "subsample": task.subsample},
             "backbone": {"name": bb.name, "weights_id": bb.weights_id,
-                         "weights": getattr(bb, "weights_path", None)},
+                         "weights": getattr(bb, "weights_path", None),
+                         "pretrained": getattr(bb, "pretrained", None), "quick_gelu": getattr(bb, "quick_gelu", None)},
             "protocol": protocol or default_protocol(task), "fingerprint": fingerprint, **train_counts(task),
         }
         run.write_config(resolved)

@@ -33,7 +33,7 @@ from open_clip.loss import ClipLoss
 from PIL import Image
 from safetensors.torch import save_file
 
-from vlprompt.backbones.checkpoints import file_sha256
+from vlprompt.backbones.checkpoints import file_sha256, uses_quick_gelu
 from vlprompt.backbones.configs import TINY_CONFIGS, register_configs
 
 from .corpus import PretrainCorpus, images_to_tensor
@@ -258,7 +258,10 @@ def pretrain(
     tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous() for k, v in sd.items()}
     ckpt = out / f"{ARCH}.safetensors"
     # one metadata key only: safetensors serialises the metadata map in hash order, which varies per process
-    meta = json.dumps({"arch": ARCH, "seed": seed, "steps": steps, "storage": storage}, sort_keys=True)
+    # the activation is recorded inside it (see vlprompt.backbones.checkpoints.recorded_activation)
+    activation = "quick_gelu" if uses_quick_gelu(model) else "gelu"
+    meta = json.dumps({"arch": ARCH, "seed": seed, "steps": steps, "storage": storage, "activation": activation},
+                      sort_keys=True)
     save_file(tensors, str(ckpt), metadata={"vlprompt": meta})
     timed = step_times[1:] or step_times  # the first step includes lazy initialisation
     metrics = {

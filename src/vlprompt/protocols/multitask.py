@@ -26,7 +26,7 @@ from ..engine.run import RunDir
 from ..engine.train import fit, hm, seed_everything
 from ..errors import ConfigError
 from ..methods import build_method, get_method_class
-from .runs import RunSpec, evaluate_run, get_backbone, train_run
+from .runs import RunSpec, evaluate_run, spec_backbone, train_run
 from .tables import markdown_table, write_summary
 
 #: Single-task baselines that run per task of a group.
@@ -99,7 +99,7 @@ def baseline_per_task(
         if done is not None and "acc" in done:
             per_task[task.name] = float(done["acc"])
             continue
-        bb = bb or get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+        bb = bb or spec_backbone(template)
         seed_everything(seed)
         cls = get_method_class(method)
         has_template = "template" in {f.name for f in dataclasses.fields(cls.Config)}

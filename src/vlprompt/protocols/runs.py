@@ -31,6 +31,9 @@ class RunSpec:
         shots, seed, subsample: few-shot sample and class subset (``all``/``base``/``new``).
         out: run directory.
         backbone, weights, trust_checkpoint: the backbone to load.
+        pretrained: a pretrained tag instead of ``weights`` (``"openai"``; see :func:`vlprompt.load_backbone`).
+        quick_gelu: force QuickGELU (``True``) / GELU (``False``) in the CLIP towers; ``None``: decided by
+            the name, the tag or the weights file (``force_quick_gelu`` of :func:`vlprompt.load_backbone`).
         preset: a named paper configuration (:mod:`vlprompt.presets`); explicit options win.
         method_options, train_options: explicit options.
         split_file: a stored few-shot sample to use instead of sampling.
@@ -59,20 +62,51 @@ class RunSpec:
     protocol: str | None = None
     selection: str | None = None
     data_ratio: float = 1.0
+    pretrained: str | None = None
+    quick_gelu: bool | None = None
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
 
 
-def get_backbone(name: str, weights: str | None, trust: bool, device: str) -> Backbone:
+def get_backbone(
+    name: str, weights: str | None, trust: bool, device: str, pretrained: str | None = None,
+    quick_gelu: bool | None = None,
+) -> Backbone:
     """Load a backbone once per process (protocols train many runs on the same one)."""
     from ..engine.precision import resolve_device
 
-    key = (name, weights, trust, device)
+    key = (name, weights, trust, device, pretrained, quick_gelu)
     if key not in _BACKBONES:
         _BACKBONES.clear()
-        _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
+        _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device),
+                                        pretrained=pretrained, force_quick_gelu=quick_gelu)
     return _BACKBONES[key]
+
+
+def spec_backbone(spec: RunSpec) -> Backbone:
+    """The backbone a run spec names (cached per process by :func:`get_backbone`)."""
+    return get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device, pretrained=spec.pretrained,
+                        quick_gelu=spec.quick_gelu)
+
+
+def run_backbone(
+    cfg: dict[str, Any], weights: str | None = None, trust_checkpoint: bool = False, device: str = "auto",
+    quick_gelu: bool | None = None,
+) -> Backbone:
+    """The backbone a trained run recorded in its ``config.yaml``, loaded the same way.
+
+    The recorded activation (``backbone.quick_gelu``) is forced, so a run trained with QuickGELU is
+    evaluated with it whatever the weights file says; a recorded ``pretrained`` tag is resolved through
+    the hub cache again. ``weights`` (another file) and ``quick_gelu`` override what was recorded.
+    """
+    bcfg = cfg["backbone"]
+    if weights is None and bcfg.get("pretrained"):
+        return get_backbone(bcfg["name"], None, trust_checkpoint, device, pretrained=bcfg["pretrained"],
+                            quick_gelu=quick_gelu if quick_gelu is not None else bcfg.get("quick_gelu"))
+    if quick_gelu is None:
+        quick_gelu = bcfg.get("quick_gelu")  # None: runs from before it was recorded, or not a CLIP
+    return get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device, quick_gelu=quick_gelu)
 
 
 def train_run(
@@ -100,7 +134,7 @@ def train_run(
     method_opts = {**preset["method"], **spec.method_options}
     train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
     TrainConfig.from_kwargs(**train_opts)  # bad training options fail before anything is loaded
-    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    bb = spec_backbone(spec)
     get_method_class(base).check_backbone(bb, method_opts)  # e.g. MaPLe's prompt_depth, before the data work
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split,
@@ -135,9 +169,12 @@ def train_run(
 
 def evaluate_run(
     run_dir: str | Path, dataset: str, root: str, subsample: str = "all", cache_dir: str | None = None,
-    weights: str | None = None, trust_checkpoint: bool = False, device: str = "auto",
+    weights: str | None = None, trust_checkpoint: bool = False, device: str = "auto", quick_gelu: bool | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained run on (another subset of / another) dataset with re-targeted prompts."""
+    """Evaluate a trained run on (another subset of / another) dataset with re-targeted prompts.
+
+    The backbone is the one the run recorded (:func:`run_backbone`), its activation included.
+    """
     from ..api import evaluate, evaluate_per_task
 
     run = RunDir(run_dir)
@@ -146,8 +183,7 @@ def evaluate_run(
         from ..errors import ConfigError
 
         raise ConfigError(f"{run.path} is not a run directory (no config.yaml); train one with `vlprompt train`")
-    bcfg = cfg["backbone"]
-    bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
+    bb = run_backbone(cfg, weights, trust_checkpoint, device, quick_gelu=quick_gelu)
     task = load_dataset(dataset, root, subsample=subsample, check_train=False)  # evaluation only
     model = load_prompt(run.path, bb)
     if task.extra.get("tasks") and "tasks" in config_to_dict(model.config):  # multi-task method on a group

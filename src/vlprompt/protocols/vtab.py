@@ -47,7 +47,7 @@ from ..data.vtab import GROUPS, VTAB_TASKS, vtab_group
 from ..engine.run import atomic_write
 from ..errors import ConfigError
 from ..presets import resolve_preset
-from .runs import RunSpec, get_backbone, train_run
+from .runs import RunSpec, spec_backbone, train_run
 from .tables import write_summary
 
 #: E2VPT's cumulative pruning levels in percent (``vlprompt.methods.e2vpt.PRUNE_LEVELS``).
@@ -187,7 +187,7 @@ def _prune_search(template: RunSpec, name: str, train: dict[str, Any], seed: int
     from .e2vpt_prune import prune_and_rewind
 
     task = load_dataset(name, template.root, shots=None, split="tune")
-    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+    bb = spec_backbone(template)
     method_opts = {**resolve_preset(template.method, template.preset, None, name)["method"],
                    **template.method_options}
     seed_everything(seed)
@@ -395,7 +395,7 @@ def vtab(
             p_rows, pruning[name] = prune_task(template, name, best["base_lr"], best["wd"], seeds, prune,
                                                scale_lr=scale_lr, tune_seed=tune_seed)
             pruned_rows += p_rows
-    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+    bb = spec_backbone(template)
     n_params = sum(p.numel() for p in bb.parameters())
     summary = summarize_vtab(rows, n_params)
     summary.update({"protocol": "vtab", "method": template.method, "backbone": template.backbone,

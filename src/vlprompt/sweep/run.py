@@ -152,7 +152,7 @@ def execute(run: SweepRun) -> dict[str, Any]:
             method=run.method, dataset=run.dataset, root=run.root, out=run.out, shots=run.shots, seed=run.seed,
             subsample="base" if b2n else "all", backbone=run.backbone, weights=run.weights,
             trust_checkpoint=run.trust_checkpoint, preset=run.preset, method_options=dict(run.method_options),
-            train_options=train_options, device=run.device,
+            train_options=train_options, device=run.device, pretrained=run.pretrained, quick_gelu=run.quick_gelu,
         )
         if run.protocol == "vtab":
             res = _vtab_results(run, spec)
@@ -556,7 +556,11 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, help="Ray: GPUs per run (default: 1 if the cluster has GPUs)")
     p.add_argument("--out", help="output root (replaces the file's 'out')")
     p.add_argument("--data-root", help="data root (replaces the file's 'data_root')")
-    p.add_argument("--weights", help="backbone weights (replaces the file's 'weights')")
+    p.add_argument("--weights", help="backbone weights (replaces the file's 'weights' / 'pretrained')")
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="pretrained tag, e.g. openai (replaces the file's 'weights' / 'pretrained'; HF cache)")
+    p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                   help="force QuickGELU / GELU in the CLIP towers (replaces the file's 'quick_gelu')")
     p.add_argument("--dry-run", action="store_true",
                    help="check the file, list the runs and whether they are complete (done / todo / busy)")
     p.add_argument("--quiet", action="store_true",
@@ -597,7 +601,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
 
 def _sweep_main(args: argparse.Namespace) -> int:
     try:
-        sweep = load_sweep(args.sweep, out=args.out, data_root=args.data_root, weights=args.weights)
+        sweep = load_sweep(args.sweep, out=args.out, data_root=args.data_root, weights=args.weights,
+                           pretrained=args.pretrained, quick_gelu=args.quick_gelu)
         if args.dry_run:
             _dry_run(sweep)
             return 0

@@ -14,8 +14,10 @@ Schema (see ``docs/sweeps.md``)::
     prune: {token_levels: [50], piece_levels: [50]}   # vtab only: E2VPT's pruning stage for e2vpt runs
     presets: [dept]               # optional; null/omitted = no preset
     overrides: {train: {epochs: 1}, method: {}}   # or a list of such dicts (one variant each)
-    backbone: tiny-clip
+    backbone: tiny-clip           # any --backbone name, e.g. ViT-B-16 or ViT-B-16-quickgelu
     weights: null
+    pretrained: null              # a pretrained tag instead of weights, e.g. openai (vlprompt backbones)
+    quick_gelu: null              # true / false forces the CLIP activation (--quick-gelu / --no-quick-gelu)
     data_root: ~/data
     out: runs/my_sweep
 
@@ -56,7 +58,7 @@ _IMAGENET_SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 ALL_PROTOCOLS = ("base2new", "few-shot")
 _KEYS = {"methods", "datasets", "protocol", "shots", "seeds", "presets", "overrides", "backbone", "weights",
          "trust_checkpoint", "data_root", "out", "device", "cache_dir", "name", "lrs", "wds", "scale_lr",
-         "prune", "targets"}
+         "prune", "targets", "pretrained", "quick_gelu"}
 _VTAB_KEYS = ("lrs", "wds", "scale_lr", "prune")
 _PRUNE_KEYS = ("token_levels", "piece_levels", "min_tokens", "min_pieces")
 #: VPT's / E2VPT's seeds of the final runs (``vlprompt.protocols.vtab.VTAB_SEEDS``; not imported: no torch here)
@@ -109,6 +111,8 @@ class SweepRun:
     #: cross-dataset / domain-gen: ``(name, root, label)`` of each target, evaluated after training
     targets: tuple[tuple[str, str, str], ...] = ()
     prune: dict[str, Any] | None = None
+    pretrained: str | None = None
+    quick_gelu: bool | None = None
 
 
 @dataclass
@@ -135,6 +139,8 @@ class Sweep:
     scale_lr: bool = True
     prune: dict[str, Any] | None = None
     targets: list[DatasetEntry] = field(default_factory=list)
+    pretrained: str | None = None
+    quick_gelu: bool | None = None
 
     def _targets(self, protocol: str, source: DatasetEntry) -> tuple[tuple[str, str, str], ...]:
         if protocol not in TRANSFER_PROTOCOLS:
@@ -211,6 +217,7 @@ class Sweep:
                                         lrs=tuple(self.lrs) if vtab and self.lrs else None,
                                         wds=tuple(self.wds) if vtab and self.wds else None, scale_lr=self.scale_lr,
                                         targets=self._targets(protocol, ds), prune=prune,
+                                        pretrained=self.pretrained, quick_gelu=self.quick_gelu,
                                     ))
         ids = [r.id for r in runs]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -648,7 +655,21 @@ def parse_sweep(data: dict[str, Any], base_dir: str | Path | None = None) -> Swe
         out=resolve(data.get("out")) or "runs/sweep", device=str(data.get("device") or "auto"),
         cache_dir=resolve(data.get("cache_dir")), name=str(data.get("name") or "sweep"),
         lrs=lrs, wds=wds, scale_lr=_bool(data, "scale_lr", True), prune=prune, targets=targets,
+        pretrained=_backbone_source(data),
+        quick_gelu=None if data.get("quick_gelu") is None else _bool(data, "quick_gelu", False),
     )
+
+
+def _backbone_source(data: dict[str, Any]) -> str | None:
+    """The sweep's ``pretrained`` tag (a string), checked against ``weights`` (one or the other)."""
+    tag = data.get("pretrained")
+    if tag is None:
+        return None
+    if not isinstance(tag, str) or not tag:
+        raise ConfigError(f"sweep: 'pretrained' must be a tag such as openai; got {_kind(tag)}")
+    if data.get("weights") is not None:
+        raise ConfigError("sweep: give either 'weights' or 'pretrained', not both")
+    return tag
 
 
 def _parse_prune(value: Any) -> dict[str, Any] | None:
@@ -675,7 +696,8 @@ def _parse_prune(value: Any) -> dict[str, Any] | None:
 
 
 def load_sweep(path: str | Path, **replace: Any) -> Sweep:
-    """Read a sweep YAML file; keyword arguments (``out=``, ``data_root=``) replace its fields when not None.
+    """Read a sweep YAML file; keyword arguments (``out=``, ``data_root=``) replace its fields when not None
+    (``weights=`` or ``pretrained=`` replaces both of the file's backbone sources).
 
     Example:
         >>> runs = load_sweep("sweeps/dept_b2n.yaml", data_root="~/data").expand()
@@ -688,6 +710,8 @@ def load_sweep(path: str | Path, **replace: Any) -> Sweep:
     except yaml.YAMLError as e:
         raise ConfigError(f"sweep file '{path}' is not valid YAML: {e}") from e
     if isinstance(data, dict):
+        if replace.get("weights") is not None or replace.get("pretrained") is not None:
+            data = {k: v for k, v in data.items() if k not in ("weights", "pretrained")}  # one replaces the other
         paths = ("out", "data_root", "weights", "cache_dir")
         data = {**data, **{k: os.path.abspath(os.path.expanduser(v)) if k in paths else v
                            for k, v in replace.items() if v is not None}}
