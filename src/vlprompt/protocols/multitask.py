@@ -101,8 +101,7 @@ def baseline_per_task(
             continue
         bb = bb or get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
         seed_everything(seed)
-        opts = {"template": task.template} if method == "zeroshot" else {}
-        model = build_method(method, bb, task.classnames, **opts)
+        model = build_method(method, bb, task)  # zero-shot: the task's own template (task_options)
         res = fit(model, task, run_dir=str(run_dir), protocol="multitask-baseline", seed=seed,
                   device=template.device, **train_opts)
         per_task[task.name] = float(res["acc"])
