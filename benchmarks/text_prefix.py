@@ -65,7 +65,7 @@ def method_options(method: str, n_cls: int) -> dict:
     return opts
 
 
-def compare(bb, method: str, n_cls: int, repeats: int = 3, precision: str = "fp32") -> dict:
+def compare(bb, method: str, n_cls: int, repeats: int = 3, precision: str = "fp32", extra: dict | None = None) -> dict:
     """One row: a text forward + backward step with ``share_prefix`` on and off, interleaved.
 
     ``shared_s`` / ``full_s``: median seconds (CUDA-synchronised on a GPU); ``saved_mb_*``: activations
@@ -83,7 +83,7 @@ def compare(bb, method: str, n_cls: int, repeats: int = 3, precision: str = "fp3
 
     words = ["dog", "golden retriever", "sea lion", "fire truck", "hammerhead shark", "red wine", "tabby cat"]
     names = [f"{words[i % len(words)]} {i}" for i in range(n_cls)]
-    opts = method_options(method, n_cls)
+    opts = {**method_options(method, n_cls), **(extra or {})}  # extra: e.g. MaPLe's depth on tiny-clip
     models = {s: vp.build_method(method, bb, names, share_prefix=s, **opts).to(device) for s in (True, False)}
     times: dict[bool, list[float]] = {True: [], False: []}
     peak: dict[bool, float] = {}

@@ -131,30 +131,24 @@ def _count_shared(bb, monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize(("name", "opts", "shares", "shared_rows", "forced_rows"), [
-    # n_ctx 16: task 0 (3 classes) gains from a shared pass, task 1 (2 classes) joins the full pass; the
-    # task prompts (2 rows, 4 learned tokens) are too few to gain. forced_rows: shared_pass_overhead = 0
-    ("softcpt-nata", {}, True, [3], [2, 3, 2]),
-    ("softcpt-nats", {}, True, [3], [3, 2]),  # one task context per task: the task prompts take the full path
-    ("softcpt-nata", {"task_n_ctx": 0}, True, [3], [3, 2]),  # plain "<task name>." prompts: nothing learned
-    ("softcpt-nata+dept", {}, True, [3], [2, 3, 2]),
-    ("softcpt-cata", {}, False, [], [2, 5]),  # class prompts have per-class contexts; the meta input shares
-    ("softcpt-csta", {}, False, [], [2]),  # per-class class contexts: only the task prompts share
-    ("softcpt-cats", {"class_token_position": "middle"}, False, [], [5]),
-    ("coop-mt", {}, True, [5], [5]),  # one context for all classes of all tasks: one pass
-    ("coop-mt", {"task_csc": True}, True, [3], [3, 2]),
-    ("coop-mt", {"ctx_init": "a photo of a"}, True, [], [5]),  # 4 context tokens: a short prefix
-    ("coop-mt", {"csc": True}, False, [], []),
+@pytest.mark.parametrize(("name", "opts", "shares", "shared_rows"), [
+    # one shared-prefix pass each: the task prompts (2 rows), the class prompts (5 rows, each class continuing
+    # its own task's context), the class-name prompts of class-aware variants (5 rows)
+    ("softcpt-nata", {}, True, [2, 5]),
+    ("softcpt-nats", {}, True, [5]),  # one task context per task: the task prompts take the full path
+    ("softcpt-nata", {"task_n_ctx": 0}, True, [5]),  # plain "<task name>." prompts: nothing learned to share
+    ("softcpt-nata+dept", {}, True, [2, 5]),
+    ("softcpt-cata", {}, False, [2, 5]),  # class prompts have per-class contexts; the meta input shares
+    ("softcpt-csta", {}, False, [2]),  # per-class class contexts: only the task prompts share
+    ("softcpt-cats", {"class_token_position": "middle"}, False, [5]),
+    ("coop-mt", {}, True, [5]),  # one context for all classes of all tasks
+    ("coop-mt", {"task_csc": True}, True, [5]),
+    ("coop-mt", {"ctx_init": "a photo of a"}, True, [5]),
+    ("coop-mt", {"csc": True}, False, []),
 ])
-@pytest.mark.parametrize("forced", [False, True])
-def test_softcpt_shares_per_task_and_equals_the_full_path(bb, monkeypatch, name, opts, shares, shared_rows,
-                                                          forced_rows, forced):
+def test_softcpt_shares_per_task_and_equals_the_full_path(bb, monkeypatch, name, opts, shares, shared_rows):
     """SoftCPT (per task) and the hard-sharing baseline: features and gradients of the shared path equal
     the full path (share_prefix=False), for all classes and for a class-sampled subset of rows."""
-    from vlprompt.methods.softcpt import MultiTaskPromptMethod
-
-    if forced:
-        monkeypatch.setattr(MultiTaskPromptMethod, "shared_pass_overhead", 0)
     opts = {"n_ctx": 16, "tasks": TASKS, **opts}
     torch.manual_seed(0)
     shared = vp.build_method(name, bb, NAMES, **opts)
@@ -164,7 +158,7 @@ def test_softcpt_shares_per_task_and_equals_the_full_path(bb, monkeypatch, name,
     assert inner.shares_prefix() == shares and not getattr(full, "inner", full).shares_prefix()
     calls = _count_shared(bb, monkeypatch)
     f1, g1 = _features_and_grads(shared)
-    assert calls == (forced_rows if forced else shared_rows)
+    assert calls == shared_rows
     calls.clear()
     f2, g2 = _features_and_grads(full)
     assert calls == []  # the full model never takes the shared path

@@ -247,40 +247,20 @@ class MultiTaskPromptMethod(PromptMethod):
         """``(contexts (G, L, D_w), group of each class (n_cls,))`` when :meth:`contexts_by_group`."""
         raise NotImplementedError
 
-    #: tokens one more text-tower pass costs beyond its tokens (as ClipBackbone's length buckets): a group
-    #: of ``n`` prompts sharing a ``P``-token prefix gets its own shared pass when ``(n - 1) · P`` is at least
-    #: this, otherwise it joins one full pass with the other small groups (the same features either way)
-    shared_pass_overhead: int = 32
-
     def shares_prefix(self) -> bool:
-        """Whether the class prompts may go through the shared-prefix path (see ``share_prefix``): contexts
-        shared by groups, the class at the end, a causal text tower. Groups too small to gain run together
-        through the full path (:attr:`shared_pass_overhead`)."""
+        """Whether the class prompts go through the shared-prefix path (see ``share_prefix``): contexts
+        shared by groups, the class at the end, a causal text tower."""
         return (self.config.share_prefix and self.contexts_by_group() and self.prompts.position == "end"
                 and getattr(self.backbone, "supports_prefix_sharing", False))
 
     def _shared_text_features(self, rows: torch.Tensor | None) -> torch.Tensor:
-        """:meth:`raw_text_features` through one shared-prefix pass per context group present in ``rows``
-        (one full pass for the groups too small to gain)."""
+        """:meth:`raw_text_features` in one shared-prefix pass: each class continues its group's prefix."""
         ctx, group = self.group_contexts()
         prefix, suffix = self.prompts.shared_parts(ctx)
-        rows = torch.arange(len(self.classnames), device=group.device) if rows is None else rows
-        feats, where, small = [], [], []
-        for g in group[rows].unique().tolist():
-            own = torch.nonzero(group[rows] == g).flatten()  # positions in rows of group g's classes
-            if (len(own) - 1) * prefix.shape[1] < self.shared_pass_overhead:
-                small.append(own)
-                continue
-            r = rows[own]
-            feats.append(self.backbone.encode_text_shared(prefix[g : g + 1], suffix[r], self.prompts.eot_idx[r])[0])
-            where.append(own)
-        if small:
-            r = rows[torch.cat(small)]
-            feats.append(self.backbone.encode_text(_assemble_rows(self.prompts, ctx[group[r]], r),
-                                                   self.prompts.eot_idx[r]))
-            where.extend(small)
-        out = torch.cat(feats)
-        return out[torch.argsort(torch.cat(where))]  # back to the order of rows
+        eot = self.prompts.eot_idx
+        if rows is not None:
+            suffix, eot, group = suffix[rows], eot[rows], group[rows]
+        return self.backbone.encode_text_shared(prefix, suffix, eot, groups=group)
 
     def raw_text_features(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Class text features ``(n_cls, D)`` (or of ``rows`` only)."""
@@ -374,8 +354,7 @@ class SoftCPT(MultiTaskPromptMethod):
         elif (ctx.dim() == 2 and self.config.share_prefix and prompts.position == "end"
               and getattr(self.backbone, "supports_prefix_sharing", False)):  # one context for every row
             prefix, suffix = prompts.shared_parts(ctx)
-            if (suffix.shape[0] - 1) * prefix.shape[1] >= self.shared_pass_overhead:  # enough rows to gain
-                return self.backbone.encode_text_shared(prefix, suffix, prompts.eot_idx)[0]
+            return self.backbone.encode_text_shared(prefix, suffix, prompts.eot_idx)[0]
         return self.backbone.encode_text(prompts.assemble(ctx), prompts.eot_idx)
 
     def task_features(self) -> torch.Tensor:
