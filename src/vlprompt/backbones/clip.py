@@ -27,7 +27,9 @@ from .blocks import has_plain_attention, run_blocks, run_blocks_shared_prefix
 def _length_buckets(eot: list[int], prefix_len: int, overhead: int = 32) -> list[tuple[list[int], int]]:
     """Classes grouped by sequence length for :meth:`ClipBackbone.encode_text_shared`: ``[(indices, end)]``
     with ``end`` = the group's longest EOT + 1. Adjacent lengths are merged while padding them to the
-    longer one costs fewer tokens than another pass (``prefix_len + overhead`` tokens of fixed cost)."""
+    longer one costs fewer tokens than keeping them apart, a separate bucket being charged a fixed
+    ``prefix_len + overhead`` tokens (a heuristic: the buckets share one pass, but each adds its own
+    attention calls)."""
     by_len: dict[int, list[int]] = {}
     for i, e in enumerate(eot):
         by_len.setdefault(e + 1, []).append(i)
