@@ -18,6 +18,10 @@ What runs (every check is timed between ``torch.cuda.synchronize()`` calls on a 
 3. a 1-process ``torch.distributed.run`` job (NCCL on CUDA, gloo on CPU): an all-reduce and one CoOp
    epoch through ``vp.fit`` with the process group initialised.
 4. one CoOp step (n_ctx 16, batch 32) with 1000 classes, as on ImageNet.
+5. ``benchmarks/text_prefix.py``: one text forward + backward step with ``share_prefix`` on and off,
+   interleaved, for CoOp, CoCoOp, KgCoOp, MaPLe, CoOp+DePT and SoftCPT-NATA at 10 / 100 / 1000 classes
+   (``--tiny``: 10 / 40) in the first precision: s/iter of the shared path, the full path's, their ratio
+   and the peak GPU memory of each (rows ``text-prefix-<method>-<classes>``).
 
 Printed: a table of s/iter, images/s and peak GPU memory (``torch.cuda.max_memory_allocated``, train
 steps + evaluation) per check. A check that fails is a ``FAILED`` row with its error and the others go
@@ -291,6 +295,24 @@ def many_classes_check(bb: Any, precision: str, device: torch.device, batch: int
     return out
 
 
+TEXT_PREFIX_METHODS = ("coop", "cocoop", "kgcoop", "maple", "coop+dept", "softcpt-nata")
+
+
+def text_prefix_check(bb: Any, method: str, n_classes: int, precision: str, repeats: int,
+                      tiny: bool) -> dict[str, Any]:
+    """One ``benchmarks/text_prefix.py`` row: shared vs full text step (s/iter = the shared path's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("text_prefix", HERE / "text_prefix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    extra = method_options(method, tiny)
+    row = mod.compare(bb, method, n_classes, repeats, precision, extra)
+    return {"s_iter": row["shared_s"], "full_s": row["full_s"], "speedup": row["speedup"],
+            "memory_ratio": row["memory_ratio"], "peak_mib": row.get("peak_mib_shared"),
+            "peak_mib_full": row.get("peak_mib_full"), "peak_ratio": row.get("peak_ratio")}
+
+
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [f"Device: {header['device_name']} ({header['device']}), backbone {header['backbone']}, torch "
              f"{header['torch']}, {header['steps']} timed steps after 1 warm-up; {header['date']}.", "",
@@ -300,10 +322,23 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     def f(v: Any, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
+    prefix_rows = []
     for r in rows:
+        if r["check"].startswith("text-prefix-"):
+            prefix_rows.append(r)
+            continue
         lines.append(f"| {r['check']} | {r.get('precision') or '-'} | {f(r.get('batch'), 'd')} | "
                      f"{f(r.get('s_iter'), '.4f')} | {f(r.get('images_s'), '.1f')} | {f(r.get('eval_s'), '.4f')} | "
                      f"{f(r.get('peak_mib'), '.0f')} | {r['status']} |")
+    if prefix_rows:
+        lines += ["", "Shared-prefix text step (`benchmarks/text_prefix.py`, `share_prefix` on vs off):", "",
+                  "| check | precision | shared s | full s | speedup | peak GPU MiB shared / full | saved activations "
+                  "shared / full | status |", "|---|---|---|---|---|---|---|---|"]
+        for r in prefix_rows:
+            lines.append(f"| {r['check']} | {r.get('precision') or '-'} | {f(r.get('s_iter'), '.4f')} | "
+                         f"{f(r.get('full_s'), '.4f')} | {f(r.get('speedup'), '.2f')} | "
+                         f"{f(r.get('peak_mib'), '.0f')} / {f(r.get('peak_mib_full'), '.0f')} | "
+                         f"{f(r.get('memory_ratio'), '.2f')} | {r['status']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -315,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="timed training steps per check (default 3, 1 with --tiny)")
     ap.add_argument("--methods", nargs="+", help="only these checks (default: every method and +dept)")
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--text-prefix-classes", type=int, nargs="*",
+                    help="class counts of the shared-prefix rows (default 10 100 1000; --tiny: 10 40; none: skip)")
     ap.add_argument("--torchrun-timeout", type=float, default=240.0)
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="checks not started after this many seconds are SKIPPED rows (default 420)")
@@ -375,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions[:1] if tiny else args.precisions:  # CPU fp16 is slow: one in --tiny
             rows.append(_row("coop-1000-classes", precision, big,
                              lambda p=precision: many_classes_check(bb, p, device, big, steps), device, deadline))
+        prefix_classes = args.text_prefix_classes
+        if prefix_classes is None:
+            prefix_classes = [10, 40] if tiny else [10, 100, 1000]
+        precision = args.precisions[0]
+        for n_cls in prefix_classes:
+            for method in TEXT_PREFIX_METHODS:
+                rows.append(_row(f"text-prefix-{method}-{n_cls}", precision, None,
+                                 lambda m=method, n=n_cls: text_prefix_check(bb, m, n, precision, 1 if tiny else 3,
+                                                                             tiny), device, deadline))
     header["total_s"] = round(time.perf_counter() - t_start, 1)
     failed = [r for r in rows if r["status"] != "ok"]
     table = markdown(rows, header)

@@ -47,6 +47,14 @@ def test_tiny_cpu_run_covers_every_method_and_check(device_check, tmp_path, keep
     assert {"feature-cache", "torchrun-1proc-gloo", "coop-1000-classes"} <= checks
     assert next(r for r in rows if r["check"] == "torchrun-1proc-gloo")["backend"] == "gloo"
     assert "| coop-1000-classes | bf16 | 4 |" in md.read_text()
+    prefix = {f"text-prefix-{m}-{n}": None for m in device_check.TEXT_PREFIX_METHODS for n in (10, 40)}
+    assert set(prefix) <= checks and {"coop", "cocoop", "kgcoop", "maple", "coop+dept"} <= set(
+        device_check.TEXT_PREFIX_METHODS)  # issue 18's benchmark methods, plus SoftCPT
+    for r in rows:
+        if r["check"] in prefix:
+            assert r["precision"] == "bf16" and r["s_iter"] > 0 and r["full_s"] > 0 and r["speedup"] > 0
+            assert r["memory_ratio"] > 0
+    assert "Shared-prefix text step" in md.read_text() and "| text-prefix-coop-40 | bf16 |" in md.read_text()
     assert data["header"]["tiny"] and data["header"]["backbone"] == "tiny-clip"
 
 

@@ -216,11 +216,35 @@ def test_zeroshot_ensemble_templates_agree_between_api_and_protocol(dataset, tin
     expected = list(IMAGENET_SELECT_TEMPLATES) + ([] if dataset == "imagenet" else [TEMPLATES[dataset]])
     BUILDERS[dataset](tmp_path / "data")
     task = load_dataset(dataset, tmp_path / "data")
-    api = vp.build_method("zeroshot", tiny_bb, task.classnames, template=task.template, ensemble=True,
-                          dataset=task.name)
+    api = vp.build_method("zeroshot", tiny_bb, task, ensemble=True)  # the user names no dataset and no template
+    by_hand = vp.build_method("zeroshot", tiny_bb, task.classnames, template=task.template, ensemble=True,
+                              dataset=task.name)
     seen = []
     monkeypatch.setattr(runs, "_BACKBONES", {("tiny-clip", None, False, "cpu"): tiny_bb})
     runs.train_run(runs.RunSpec("zeroshot", dataset, str(tmp_path / "data"), out=str(tmp_path / "run"), shots=None,
                                 device="cpu", method_options={"ensemble": True}),
-                   setup=lambda m: seen.append(m.templates()))
-    assert api.templates() == seen[0] == expected
+                   setup=lambda m: seen.append((m.templates(), m.config)))
+    assert api.templates() == by_hand.templates() == seen[0][0] == expected
+    assert len(expected) == (7 if dataset == "imagenet" else 8)
+    assert api.config == seen[0][1]  # the same config as the protocol's, not only the same list
+    assert torch.equal(api.text_features(), by_hand.text_features())
+    single = vp.build_method("zeroshot", tiny_bb, task)  # no ensemble: the dataset's own template
+    assert single.templates() == [TEMPLATES[dataset]]
+    assert vp.build_method("zeroshot", tiny_bb, task, template="x {}.").templates() == ["x {}."]  # user wins
+
+
+def test_build_method_from_task_fills_what_the_protocol_fills(tiny_bb, tmp_path):
+    """KgCoOp on DTD takes KgCoOp's own DTD template; SoftCPT takes the task structure; CoOp takes names only."""
+    from data_fixtures import BUILDERS
+    from vlprompt.data import load_dataset, task_structure
+    from vlprompt.data.templates import KGCOOP_DTD_TEMPLATE
+
+    BUILDERS["dtd"](tmp_path / "data")
+    task = load_dataset("dtd", tmp_path / "data")
+    kg = vp.build_method("kgcoop+dept", tiny_bb, task, n_ctx=2)
+    assert kg.inner.config.template == KGCOOP_DTD_TEMPLATE == "a photo of a {}, a type of texture."
+    assert kg.classnames == task.classnames
+    mt = vp.build_method("softcpt-nata", tiny_bb, task, n_ctx=2)
+    assert mt.config.tasks == task_structure(task)
+    with pytest.raises(ConfigError, match="unknown method"):
+        vp.build_method("cop", tiny_bb, task)

@@ -69,6 +69,11 @@ def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
     assert resolve_precision("fp16-gpu", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp16-gpu", torch.device("cuda")) == "fp16"
     assert resolve_preset("coop+dept", "reference")["train"]["precision"] == "fp16-gpu"  # plug-ins: the base's
+    # every registered method has it: the linear probe's is lpclip's fp16 feature extraction, zero-shot its defaults
+    for name in _REGISTRY:
+        resolve_preset(name, "reference", shots=16, dataset="dtd")
+    assert resolve_preset("linear-probe", "reference") == {"method": {}, "train": {"precision": "fp16-gpu"}}
+    assert resolve_preset("zeroshot", "reference") == {"method": {}, "train": {}}
 
 
 def test_reference_preset_trains_end_to_end(shapes_root, cache_dir, tmp_path):

@@ -91,6 +91,10 @@ for _name, _table in PRESETS.items():
     elif "paper" in _table:
         _table["reference"] = {"method": {**_table["paper"]["method"], **_own},
                                "train": {**_table["paper"]["train"], **_REFERENCE_TRAIN}}
+# Linear probe (CoOp lpclip/feat_extractor.py): features of the un-augmented test view from CLIP loaded in fp16
+# on CUDA; the probe's defaults are lpclip's search (8 bisection rounds, 1000 iterations); the 10 repeats are
+# the protocol's (few_shot(repeats=10) / --repeats 10).
+PRESETS["linear-probe"] = {"reference": {"method": {}, "train": {"precision": "fp16-gpu"}}}
 # VPT / E2VPT (configs/base-prompt.yaml): SGD momentum 0.9, 100 epochs, batch 128, 10 warm-up epochs, cosine,
 # weight decay 1e-4, fp32; the lr comes from the grid (vlprompt vtab) or the user.
 _VPT_TRAIN = {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "warmup_epochs": 10,

@@ -200,82 +200,90 @@ def run_blocks(
 
 
 # ---------------------------------------------------------------------- shared prefix (causal text towers)
-def _shared_prefix_attention(
-    attn: nn.MultiheadAttention, hp: torch.Tensor, hs: torch.Tensor, mask_p: torch.Tensor | None,
-    mask_sp: torch.Tensor | None, mask_s: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal self-attention of ``G`` groups of ``C`` sequences that share their first ``P`` tokens.
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., T, D) -> (..., H, T, dh)."""
+    return t.reshape(*t.shape[:-1], heads, t.shape[-1] // heads).transpose(-2, -3)
 
-    ``hp`` (G, P, D) are the normalised prefix tokens (one copy per group), ``hs`` (G, C, S, D) the
-    normalised suffix tokens of each sequence. The prefix attends to itself (``mask_p`` (P, P)); every
-    suffix token attends to its group's prefix (``mask_sp`` (S, P)) and to its own sequence's suffix
-    (``mask_s`` (S, S)), with one softmax over both parts, exactly as the full sequence would. The
-    prefix keys and values are used through broadcasting matmuls, never copied per sequence.
-    """
-    g, p, d = hp.shape
-    c, s = hs.shape[1], hs.shape[2]
-    heads = attn.num_heads
+
+def _suffix_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor,
+    mask_sp: torch.Tensor | None, mask_s: torch.Tensor | None, scale: float,
+) -> torch.Tensor:
+    """Attention of suffix tokens ``q, k, v`` (G, C, S, D) to their group's prefix ``kp, vp`` (G, H, P, dh)
+    and to their own sequence's suffix, one softmax over both parts; returns (G, C, S, D) before out_proj.
+    The prefix keys and values are used through broadcasting matmuls, never copied per sequence."""
+    g, c, s, d = q.shape
+    heads, p = kp.shape[1], kp.shape[2]
     dh = d // heads
-    scale = dh ** -0.5
-    qp, kp, vp = F.linear(hp, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    qs, ks, vs = F.linear(hs, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-
-    def heads_of(t: torch.Tensor) -> torch.Tensor:  # (G, T, D) -> (G, H, T, dh)
-        return t.reshape(g, t.shape[1], heads, dh).transpose(1, 2)
-
-    qp_, kp_, vp_ = heads_of(qp), heads_of(kp), heads_of(vp)
-    op = F.scaled_dot_product_attention(qp_, kp_, vp_, attn_mask=None if mask_p is None else mask_p.to(qp.dtype))
-    op = attn.out_proj(op.transpose(1, 2).reshape(g, p, d))
-    # suffix queries (G, H, C·S, dh) against the prefix keys (G, H, P, dh): one broadcast matmul
-    q = qs.reshape(g, c * s, heads, dh).transpose(1, 2)
-    scores_p = (q @ kp_.transpose(-1, -2)) * scale  # (G, H, C·S, P)
-    scores_p = scores_p.reshape(g, heads, c, s, p)
-    q5 = q.reshape(g, heads, c, s, dh)
-    k5 = ks.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)  # (G, H, C, S, dh)
-    v5 = vs.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)
+    qh = q.reshape(g, c * s, heads, dh).transpose(1, 2)  # (G, H, C·S, dh)
+    scores_p = ((qh @ kp.transpose(-1, -2)) * scale).reshape(g, heads, c, s, p)
+    q5 = qh.reshape(g, heads, c, s, dh)
+    k5 = k.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)  # (G, H, C, S, dh)
+    v5 = v.reshape(g, c, s, heads, dh).permute(0, 3, 1, 2, 4)
     scores_s = (q5 @ k5.transpose(-1, -2)) * scale  # (G, H, C, S, S)
     if mask_sp is not None:
-        scores_p = scores_p + mask_sp.to(scores_p.dtype)
+        scores_p = scores_p + mask_sp[:s].to(scores_p.dtype)
     if mask_s is not None:
-        scores_s = scores_s + mask_s.to(scores_s.dtype)
+        scores_s = scores_s + mask_s[:s, :s].to(scores_s.dtype)
     weights = torch.cat([scores_p, scores_s], dim=-1).softmax(dim=-1)
     wp, ws = weights[..., :p], weights[..., p:]
-    out = (wp.reshape(g, heads, c * s, p) @ vp_).reshape(g, heads, c, s, dh) + ws @ v5
-    out = out.permute(0, 2, 3, 1, 4).reshape(g, c, s, d)
-    return op, attn.out_proj(out)
+    out = (wp.reshape(g, heads, c * s, p) @ vp).reshape(g, heads, c, s, dh) + ws @ v5
+    return out.permute(0, 2, 3, 1, 4).reshape(g, c, s, d)
 
 
 def run_blocks_shared_prefix(
     blocks: nn.ModuleList,
     prefix: torch.Tensor,
-    suffix: torch.Tensor,
+    suffix: torch.Tensor | list[tuple[slice, torch.Tensor]],
     attn_mask: torch.Tensor | None,
     replace: dict[int, tuple[int, torch.Tensor]] | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | list[torch.Tensor]:
     """:func:`run_blocks` for sequences that share a prefix, on a causal tower of plain open_clip blocks.
 
     ``prefix`` (G, P, D) and ``suffix`` (G, C, S, D) are the input tokens (positional embedding added);
-    sequence ``(g, c)`` is ``[prefix[g]; suffix[g, c]]``. With a causal ``attn_mask`` the prefix's hidden
-    states are the same for every sequence of a group at every layer, so they are computed once per
-    group. ``replace`` may only touch prefix positions (MaPLe's deep text prompts). Returns the suffix
-    hidden states after the last block, (G, C, S, D).
+    sequence ``(g, c)`` is ``[prefix[g]; suffix[g, c]]``. ``suffix`` may instead be a list of pieces
+    ``(groups, x)``: ``x`` (G_j, C_j, S_j, D) continues the prefixes ``prefix[groups]`` (a slice), so
+    classes of different lengths or of different groups run in one pass. With a causal ``attn_mask`` the
+    prefix's hidden states are the same for every sequence of a group at every layer, so they are computed
+    once per group. Every linear layer runs once per block on all tokens together (one weight cast under
+    autocast). ``replace`` may only touch prefix positions (MaPLe's deep text prompts). Returns the suffix
+    hidden states after the last block: (G, C, S, D), or one tensor per piece.
     """
-    p, s = prefix.shape[1], suffix.shape[2]
+    single = isinstance(suffix, torch.Tensor)
+    pieces = [(slice(None), suffix)] if single else list(suffix)
+    g, p, d = prefix.shape
     mask_p = mask_sp = mask_s = None
     if attn_mask is not None:
-        mask_p, mask_sp, mask_s = attn_mask[:p, :p], attn_mask[p:p + s, :p], attn_mask[p:p + s, p:p + s]
-    xp, xs = prefix, suffix
+        top = p + max(x.shape[2] for _, x in pieces)
+        mask_p, mask_sp, mask_s = attn_mask[:p, :p], attn_mask[p:top, :p], attn_mask[p:top, p:top]
+    shapes = [x.shape for _, x in pieces]
+    sizes = [g * p] + [x.shape[0] * x.shape[1] * x.shape[2] for _, x in pieces]
+
+    def split(t: torch.Tensor) -> list[torch.Tensor]:
+        parts = t.split(sizes)
+        return [parts[0].reshape(g, p, -1)] + [x.reshape(*sh[:3], -1) for x, sh in zip(parts[1:], shapes, strict=True)]
+
+    x = torch.cat([prefix.reshape(-1, d)] + [x.reshape(-1, d) for _, x in pieces])  # every token, flat
     for i, block in enumerate(blocks):
         if replace and i in replace:
             start, tokens = replace[i]
             if start + _batched(tokens, 1).shape[1] > p:
                 raise ConfigError("shared-prefix text: a deep prompt reaches past the shared prefix")
-            xp = replace_tokens(xp, start, tokens)
+            xp = replace_tokens(x[: g * p].reshape(g, p, d), start, tokens)
+            x = torch.cat([xp.reshape(-1, d), x[g * p :]])
         if not has_plain_attention(block):
             raise ConfigError(f"shared-prefix text needs open_clip pre-norm blocks; got {type(block).__name__}")
-        op, os_ = _shared_prefix_attention(block.attn, block.ln_1(xp), block.ln_1(xs), mask_p, mask_sp, mask_s)
-        xp = xp + block.ls_1(op)
-        xs = xs + block.ls_1(os_)
-        xp = xp + block.ls_2(block.mlp(block.ln_2(xp)))
-        xs = xs + block.ls_2(block.mlp(block.ln_2(xs)))
-    return xs
+        attn = block.attn
+        heads = attn.num_heads
+        scale = (d // heads) ** -0.5
+        qkv = split(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias))
+        qp, kp, vp = (_heads(t, heads) for t in qkv[0].chunk(3, dim=-1))  # (G, H, P, dh)
+        outs = [F.scaled_dot_product_attention(qp, kp, vp, attn_mask=None if mask_p is None else mask_p.to(qp.dtype))
+                .transpose(1, 2).reshape(-1, d)]
+        for (groups, _), t in zip(pieces, qkv[1:], strict=True):
+            q, k, v = t.chunk(3, dim=-1)
+            outs.append(_suffix_attention(q, k, v, kp[groups], vp[groups], mask_sp, mask_s, scale).reshape(-1, d))
+        x = x + block.ls_1(attn.out_proj(torch.cat(outs)))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    out = split(x)[1:]
+    return out[0] if single else out

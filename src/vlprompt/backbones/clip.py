@@ -27,7 +27,9 @@ from .blocks import has_plain_attention, run_blocks, run_blocks_shared_prefix
 def _length_buckets(eot: list[int], prefix_len: int, overhead: int = 32) -> list[tuple[list[int], int]]:
     """Classes grouped by sequence length for :meth:`ClipBackbone.encode_text_shared`: ``[(indices, end)]``
     with ``end`` = the group's longest EOT + 1. Adjacent lengths are merged while padding them to the
-    longer one costs fewer tokens than another pass (``prefix_len + overhead`` tokens of fixed cost)."""
+    longer one costs fewer tokens than keeping them apart, a separate bucket being charged a fixed
+    ``prefix_len + overhead`` tokens (a heuristic: the buckets share one pass, but each adds its own
+    attention calls)."""
     by_len: dict[int, list[int]] = {}
     for i, e in enumerate(eot):
         by_len.setdefault(e + 1, []).append(i)
@@ -153,12 +155,13 @@ class ClipBackbone(Backbone):
         eot_idx: torch.Tensor,
         deep_prompts: dict[int, torch.Tensor] | None = None,
         normalize: bool = False,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text features of sequences ``[prefix[g]; suffix[c]]`` with the prefix computed once per group.
 
         Equal to :meth:`encode_text` on the concatenated sequences (the causal mask makes the prefix's
         hidden states independent of what follows), at a fraction of the cost when many classes share
-        one learned context.
+        one learned context. Classes run in length buckets, all in one pass through the tower.
 
         Args:
             prefix: ``(G, P, width)`` shared leading embeddings (SOS + learned context), one per group.
@@ -166,15 +169,17 @@ class ClipBackbone(Backbone):
             eot_idx: ``(C,)`` EOT positions in the full sequence (all at or after ``P``).
             deep_prompts: ``{layer: (n_ctx, width)}`` replacing positions ``1..n_ctx`` (inside the prefix).
             normalize: L2-normalise the output.
+            groups: ``(C,)`` group of each class: class ``c`` continues ``prefix[groups[c]]`` only (e.g.
+                SoftCPT's context per task); ``suffix`` is then ``(C, L - P, width)``.
 
         Returns:
-            ``(G, C, embed_dim)`` features.
+            ``(G, C, embed_dim)`` features, or ``(C, embed_dim)`` with ``groups``.
         """
         if not self.supports_prefix_sharing:
             raise ConfigError(f"{self.name}: prefix sharing needs a causal text tower of open_clip blocks")
         m = self.model
         g, p = prefix.shape[0], prefix.shape[1]
-        if suffix.dim() == 3:
+        if groups is None and suffix.dim() == 3:
             suffix = suffix.unsqueeze(0).expand(g, -1, -1, -1)
         eot = eot_idx.to(prefix.device)
         if int(eot.min()) < p:
@@ -183,17 +188,30 @@ class ClipBackbone(Backbone):
         pos = m.positional_embedding[:length].to(prefix.dtype)
         xp = prefix + pos[:p]
         replace = {k: (1, t) for k, t in (deep_prompts or {}).items()}
-        c = suffix.shape[1]
-        x = prefix.new_empty(g, c, prefix.shape[-1])
-        for idx, end in _length_buckets(eot.tolist(), p):  # classes of similar length together: less padding
-            rows = torch.tensor(idx, device=prefix.device)
-            xs = suffix[:, rows, : end - p].to(prefix.dtype) + pos[p:end]
-            xs = run_blocks_shared_prefix(m.transformer.resblocks, xp, xs, m.attn_mask, replace)
-            x = x.index_copy(1, rows, xs[:, torch.arange(len(idx), device=xs.device), eot[rows] - p])
+        pieces, where = [], []
+        if groups is None:
+            for idx, end in _length_buckets(eot.tolist(), p):  # classes of similar length together: less padding
+                rows = torch.tensor(idx, device=prefix.device)
+                pieces.append((slice(None), suffix[:, rows, : end - p].to(prefix.dtype) + pos[p:end]))
+                where.append(rows)
+        else:
+            grp = groups.to(prefix.device)
+            for gi in grp.unique().tolist():
+                own = torch.nonzero(grp == gi).flatten()
+                for idx, end in _length_buckets(eot[own].tolist(), p):
+                    rows = own[torch.tensor(idx, device=prefix.device)]
+                    pieces.append((slice(gi, gi + 1), suffix[rows, : end - p].to(prefix.dtype).unsqueeze(0)
+                                   + pos[p:end]))
+                    where.append(rows)
+        outs = run_blocks_shared_prefix(m.transformer.resblocks, xp, pieces, m.attn_mask, replace)
+        picked = [o[:, torch.arange(len(r), device=o.device), eot[r] - p] for o, r in zip(outs, where, strict=True)]
+        order = torch.argsort(torch.cat(where))
+        x = torch.cat(picked, dim=1)[:, order]  # (G or 1, C, width) in class order
         x = m.ln_final(x)
         proj = m.text_projection
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj.to(x.dtype)
-        return F.normalize(x, dim=-1) if normalize else x
+        x = F.normalize(x, dim=-1) if normalize else x
+        return x[0] if groups is not None else x
 
     # ---------------------------------------------------------------- vision
     def _vit_tokens(self, images: torch.Tensor) -> torch.Tensor:

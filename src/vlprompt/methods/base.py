@@ -632,13 +632,52 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dict(config) if isinstance(config, dict) else {}
 
 
-def build_method(name: str, backbone: Backbone, classnames: list[str], **config: Any) -> PromptMethod:
+def task_options(name: str, task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` completed with what a method takes from the dataset, as every protocol run does.
+
+    For the fields the method's ``Config`` has and ``options`` leaves unset: ``template`` (the
+    dataset's hand-crafted template; KgCoOp's own on DTD), ``tasks`` (SoftCPT: the group's task
+    names and class counts), ``dataset`` (zero-shot: the canonical name, which decides the ensemble
+    rule: CoOp's ZeroshotCLIP2 leaves ImageNet's own template out) and, for ``ensemble=True``,
+    ``templates`` (the dataset's ensemble). :func:`build_method` applies it when given a task.
+
+    Args:
+        name: method name, plug-ins included (``"kgcoop+dept"``); the base method's fields count.
+        task: a loaded :class:`~vlprompt.data.task.Task` (or task group).
+        options: the user's method options (they win over the dataset's).
+
+    Example:
+        >>> task_options("zeroshot", imagenet_task, {"ensemble": True})["dataset"]
+        'imagenet'
+    """
+    from ..data.multitask import task_structure
+    from ..data.templates import ensemble_templates
+
+    base, _ = _split_name(name)
+    method_cls = get_method_class(base)
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    out = dict(options)
+    if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template, or the method's own
+        out.setdefault("template", method_cls.dataset_templates.get(task.name, task.template))
+    if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
+        out.setdefault("tasks", task_structure(task))
+    if "dataset" in fields:  # zero-shot: the dataset's ensemble rule (ImageNet: the 7 select templates)
+        out.setdefault("dataset", task.name)
+    if out.get("ensemble") and "templates" in fields and "templates" not in out:
+        out["templates"] = tuple(ensemble_templates(task.name, task.template))
+    return out
+
+
+def build_method(name: str, backbone: Backbone, classnames: list[str] | Any, **config: Any) -> PromptMethod:
     """Build a method (or ``method+plugin``) by name.
 
     Args:
         name: registry name, e.g. ``"coop"``, ``"zeroshot"``, ``"coop+dept"``.
         backbone: a loaded :class:`~vlprompt.backbones.base.Backbone`.
-        classnames: class names of the training task.
+        classnames: class names of the training task, or the loaded
+            :class:`~vlprompt.data.task.Task` itself: then its class names, and the options a method
+            takes from the dataset (template, zero-shot ensemble rule, SoftCPT's tasks) are filled in
+            as the protocols fill them (:func:`task_options`).
         **config: fields of the method's ``Config``; options of a plug-in carry its name as a
             prefix (``dept_weight=0.7``). Unknown fields and values of the wrong type are an error
             (:func:`parse_method_options`; strings are parsed by the field's type).
@@ -646,7 +685,14 @@ def build_method(name: str, backbone: Backbone, classnames: list[str], **config:
     Example:
         >>> model = build_method("coop", bb, ["cat", "dog"], n_ctx=4)
         >>> model = build_method("kgcoop+dept", bb, names, weight=2.0, dept_weight=0.7)
+        >>> model = build_method("zeroshot", bb, task, ensemble=True)  # ImageNet: the 7 templates
     """
+    from ..data.task import Task
+
+    if isinstance(classnames, Task):
+        get_method_class(_split_name(name)[0])  # an unknown name fails as before
+        config = task_options(name, classnames, config)
+        classnames = classnames.classnames
     base, plugins = _split_name(name)
     if not classnames:
         raise ConfigError("build_method needs at least one class name")

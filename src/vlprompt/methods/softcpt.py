@@ -80,6 +80,13 @@ class SoftCPTConfig:
         tasks: ``((task_name, num_classes), ...)`` in class-list order; ``()`` = one task holding all
             classes, named ``task_name``.
         task_name: the task name of a single-task model (``tasks=()``).
+        share_prefix: run the text tower on each shared ``[SOS][ctx]`` once and only the class tokens per
+            class (see CoOp's ``share_prefix``): per task for the class prompts of task-level variants
+            (NA: every class of a task has its task's generated context), and once for the task prompts
+            (TA) and the class-name prompts (CA) of the meta network. The same features to fp32
+            rounding; class-specific contexts (class-aware variants' class prompts, CS class features),
+            a class position other than ``end`` or a non-causal text tower use the full path;
+            False forces the full path everywhere.
     """
 
     n_ctx: int = 16
@@ -95,6 +102,7 @@ class SoftCPTConfig:
     class_ctx_init: str = ""
     tasks: TaskList = ()
     task_name: str = "image classification"
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", normalize_tasks(self.tasks))
@@ -231,8 +239,33 @@ class MultiTaskPromptMethod(PromptMethod):
         """The context of every class prompt: ``(n_cls, L, D_w)`` (or ``(L, D_w)`` when unified)."""
         raise NotImplementedError
 
+    def contexts_by_group(self) -> bool:
+        """Whether every class takes its context from a group (one for all, or one per task)."""
+        return False
+
+    def group_contexts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(contexts (G, L, D_w), group of each class (n_cls,))`` when :meth:`contexts_by_group`."""
+        raise NotImplementedError
+
+    def shares_prefix(self) -> bool:
+        """Whether the class prompts go through the shared-prefix path (see ``share_prefix``): contexts
+        shared by groups, the class at the end, a causal text tower."""
+        return (self.config.share_prefix and self.contexts_by_group() and self.prompts.position == "end"
+                and getattr(self.backbone, "supports_prefix_sharing", False))
+
+    def _shared_text_features(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`raw_text_features` in one shared-prefix pass: each class continues its group's prefix."""
+        ctx, group = self.group_contexts()
+        prefix, suffix = self.prompts.shared_parts(ctx)
+        eot = self.prompts.eot_idx
+        if rows is not None:
+            suffix, eot, group = suffix[rows], eot[rows], group[rows]
+        return self.backbone.encode_text_shared(prefix, suffix, eot, groups=group)
+
     def raw_text_features(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Class text features ``(n_cls, D)`` (or of ``rows`` only)."""
+        if self.shares_prefix():
+            return self._shared_text_features(rows)
         ctx = self.class_contexts()
         if ctx.dim() == 2:
             ctx = ctx.unsqueeze(0).expand(len(self.classnames), -1, -1)
@@ -318,6 +351,10 @@ class SoftCPT(MultiTaskPromptMethod):
         if ctx is None:  # no learned tokens: the plain "<name>." prompts
             prefix = prompts.token_prefix
             ctx = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
+        elif (ctx.dim() == 2 and self.config.share_prefix and prompts.position == "end"
+              and getattr(self.backbone, "supports_prefix_sharing", False)):  # one context for every row
+            prefix, suffix = prompts.shared_parts(ctx)
+            return self.backbone.encode_text_shared(prefix, suffix, prompts.eot_idx)[0]
         return self.backbone.encode_text(prompts.assemble(ctx), prompts.eot_idx)
 
     def task_features(self) -> torch.Tensor:
@@ -350,6 +387,12 @@ class SoftCPT(MultiTaskPromptMethod):
         """The context of every class prompt ``(n_cls, L, D_w)``."""
         ctx = self.generated_context()
         return ctx if self.config.class_aware else ctx[self.class_task]
+
+    def contexts_by_group(self) -> bool:
+        return not self.config.class_aware  # NA: one generated context per task
+
+    def group_contexts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.generated_context(), self.class_task
 
 
 @dataclass(frozen=True)
@@ -457,6 +500,10 @@ class CoOpMTConfig:
             of all tasks ("CoOp-MT").
         class_token_position: ``end``, ``middle`` or ``front``.
         tasks, task_name: the task split, as :class:`SoftCPTConfig`.
+        share_prefix: run ``[SOS][ctx]`` once per shared context (once, or once per task with
+            ``task_csc``) and only the class tokens per class (see CoOp's ``share_prefix``): the same
+            features to fp32 rounding. ``csc``, a class position other than ``end`` or a non-causal
+            text tower use the full path; False forces it.
     """
 
     n_ctx: int = 16
@@ -466,6 +513,7 @@ class CoOpMTConfig:
     class_token_position: ClassPosition = "end"
     tasks: TaskList = ()
     task_name: str = "image classification"
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", normalize_tasks(self.tasks))
@@ -505,3 +553,11 @@ class CoOpMT(MultiTaskPromptMethod):
         if self.config.csc or not self.config.task_csc:
             return self.ctx
         return self.ctx[self.class_task]
+
+    def contexts_by_group(self) -> bool:
+        return not self.config.csc
+
+    def group_contexts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.task_csc:
+            return self.ctx, self.class_task
+        return self.ctx.unsqueeze(0), torch.zeros_like(self.class_task)

@@ -22,8 +22,9 @@ class ZeroShotConfig:
         ensemble: average normalised text features over the 7 selected ImageNet templates
             plus ``template`` (CoOp's ZeroshotCLIP2), then renormalise; for ``dataset="imagenet"``
             the 7 alone, as ZeroshotCLIP2 leaves ImageNet's own template out.
-        dataset: canonical dataset name (``task.name``) for the ensemble rule above; the protocols
-            set it, API users of ``ensemble`` on ImageNet pass it.
+        dataset: canonical dataset name (``task.name``) for the ensemble rule above; set from the
+            task by the protocols and by ``build_method("zeroshot", bb, task, ...)``; only a caller
+            that passes bare class names of ImageNet must give it.
         templates: an explicit template list to average instead (e.g.
             ``vlprompt.data.ensemble_templates("imagenet")``: the 7 without the dataset's own,
             as the reference does for ImageNet). Overrides ``template`` and ``ensemble``.
@@ -40,7 +41,8 @@ class ZeroShot(PromptMethod):
     """Zero-shot CLIP: no training; logits = logit_scale · cos(f(x), g(template(class))).
 
     Example:
-        >>> model = vp.build_method("zeroshot", bb, task.classnames, template=task.template)
+        >>> model = vp.build_method("zeroshot", bb, task)                  # the task's template
+        >>> ens = vp.build_method("zeroshot", bb, task, ensemble=True)     # ZeroshotCLIP2's ensemble
         >>> vp.evaluate(model, task.test)
     """
 

@@ -101,10 +101,7 @@ def baseline_per_task(
             continue
         bb = bb or spec_backbone(template)
         seed_everything(seed)
-        cls = get_method_class(method)
-        has_template = "template" in {f.name for f in dataclasses.fields(cls.Config)}
-        opts = {"template": cls.dataset_templates.get(task.name, task.template)} if has_template else {}
-        model = build_method(method, bb, task.classnames, **opts)
+        model = build_method(method, bb, task)  # zero-shot: the task's own template (task_options)
         res = fit(model, task, run_dir=str(run_dir), protocol="multitask-baseline", seed=seed,
                   device=template.device, **train_opts)
         per_task[task.name] = float(res["acc"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +10,12 @@ from typing import Any
 from .. import progress
 from ..backbones import load_backbone
 from ..backbones.base import Backbone
-from ..data import ensemble_templates, load_dataset, task_structure
+from ..data import load_dataset, task_structure
 from ..engine.config import TrainConfig
 from ..engine.run import RunDir
 from ..engine.train import fit, seed_everything
 from ..methods import build_method, get_method_class
-from ..methods.base import PromptMethod, config_to_dict
+from ..methods.base import PromptMethod, config_to_dict, task_options
 from ..presets import resolve_preset
 from ..prompt_io import load_prompt
 
@@ -139,16 +138,7 @@ def train_run(
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split,
                         check_train=get_method_class(base).needs_training)
-    method_cls = get_method_class(base)
-    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
-    if "template" in fields:  # zero-shot, KgCoOp: the dataset's hand-crafted template, or the method's own
-        method_opts.setdefault("template", method_cls.dataset_templates.get(task.name, task.template))
-    if "tasks" in fields:  # multi-task methods (SoftCPT): the group's task names and class counts
-        method_opts.setdefault("tasks", task_structure(task))
-    if "dataset" in fields:  # zero-shot: the dataset's ensemble rule (ImageNet: the 7 select templates)
-        method_opts.setdefault("dataset", task.name)
-    if method_opts.get("ensemble") and "templates" in fields and "templates" not in method_opts:
-        method_opts["templates"] = tuple(ensemble_templates(task.name, task.template))
+    method_opts = task_options(spec.method, task, method_opts)  # template, ensemble rule, tasks: as build_method(task)
     if spec.selection:  # data-efficient protocol: a selected fraction of the training set
         from .data_efficient import select_subset
 
