@@ -4,6 +4,7 @@ without training images, and split-file paths that leave the image folder. Each 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -134,6 +135,26 @@ def test_train_help_shows_defaults(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 10, or the --preset's value)" in text and "(default: 0.002" in text
+
+
+def test_every_command_help_states_its_defaults(capsys):
+    """Before: `vlprompt few-shot --help` showed --shots-list, --seeds, --backbone without their defaults."""
+    from vlprompt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.default in (None, False, "", []) or action.required or action.help is None and not \
+                    action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert "default" in (action.help or ""), (name, action.option_strings)
+    with pytest.raises(SystemExit):
+        main(["few-shot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("--shots-list SHOTS_LIST [SHOTS_LIST ...] (default: 1 2 4 8 16)", "(default: 1 2 3)",
+                 "timm:<ViT> (default: tiny-clip)", "(default: 10, or the --preset's value)"):
+        assert part in text, part
 
 
 # ------------------------------------------------------------------ 3. --shots above the images of a class
