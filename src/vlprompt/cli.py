@@ -43,6 +43,25 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint: .safetensors, open_clip state dict, OpenAI .pt archive")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--model-kwargs", action="append", default=[], metavar="KEY=VALUE",
+                   help="timm backbones: extra timm.create_model argument, value read as YAML (e.g. "
+                        "--model-kwargs global_pool=avg for MAE as VPT); recorded in the run, reused by eval/predict")
+
+
+def _model_kwargs(pairs: list[str] | None) -> dict[str, Any]:
+    """``["global_pool=avg", "img_size=32"]`` -> ``{"global_pool": "avg", "img_size": 32}`` (values as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-kwargs {pair!r} is not KEY=VALUE (e.g. --model-kwargs global_pool=avg)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -345,7 +364,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "preset": args.preset, "method_options": _parse_options(args.opt, args.method),
         "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
-        "split": getattr(args, "split", None),
+        "split": getattr(args, "split", None), "model_kwargs": _model_kwargs(getattr(args, "model_kwargs", None)),
     }
     fields.update(overrides)
     fields["train_options"].pop("seed", None)
@@ -368,7 +387,8 @@ def _run_setup(run: Path, args: argparse.Namespace):
     if not cfg:
         raise ConfigError(f"{run} is not a run directory (no config.yaml); train one with `vlprompt train`")
     bcfg = cfg["backbone"]
-    return cfg, get_backbone(bcfg["name"], args.weights or bcfg.get("weights"), args.trust_checkpoint, args.device)
+    return cfg, get_backbone(bcfg["name"], args.weights or bcfg.get("weights"), args.trust_checkpoint, args.device,
+                             bcfg.get("model_kwargs"))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

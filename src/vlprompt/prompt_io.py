@@ -43,6 +43,8 @@ def save_prompt(model: PromptMethod, path: str | Path) -> Path:
         "backbone": model.backbone.name, "weights": model.backbone.weights_id,
         "classnames": model.classnames,
     }
+    if getattr(model.backbone, "model_kwargs", None):  # timm create_model arguments (e.g. global_pool)
+        meta["model_kwargs"] = dict(model.backbone.model_kwargs)
     atomic_write(path, save_safetensors(tensors, metadata={"method": meta["method"]}))
     atomic_write(_meta_path(path), json.dumps(meta, indent=2) + "\n")
     return path
@@ -77,7 +79,7 @@ def load_prompt(
     meta = _read_meta(meta_path)
     tensors = _read_tensors(path)
     if backbone is None:
-        backbone = load_backbone(meta["backbone"])
+        backbone = load_backbone(meta["backbone"], model_kwargs=meta.get("model_kwargs") or None)
     if backbone.name != meta["backbone"]:
         raise ConfigError(f"prompt was trained on backbone {meta['backbone']!r}, got {backbone.name!r}")
     try:

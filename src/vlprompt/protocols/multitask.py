@@ -99,7 +99,8 @@ def baseline_per_task(
         if done is not None and "acc" in done:
             per_task[task.name] = float(done["acc"])
             continue
-        bb = bb or get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+        bb = bb or get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device,
+                                template.model_kwargs)
         seed_everything(seed)
         opts = {"template": task.template} if method == "zeroshot" else {}
         model = build_method(method, bb, task.classnames, **opts)

@@ -39,6 +39,7 @@ class RunSpec:
         protocol: recorded as ``protocol`` in ``results.json`` (default: derived from the task).
         selection, data_ratio: keep only ``data_ratio`` of the training images, chosen by
             ``selection`` (``uniform``, ``herding``, ``kcenter``; data-efficient protocol).
+        model_kwargs: extra ``timm.create_model`` arguments of a timm backbone (MAE: ``{"global_pool": "avg"}``).
     """
 
     method: str
@@ -60,19 +61,24 @@ class RunSpec:
     protocol: str | None = None
     selection: str | None = None
     data_ratio: float = 1.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
 
 
-def get_backbone(name: str, weights: str | None, trust: bool, device: str) -> Backbone:
+def get_backbone(name: str, weights: str | None, trust: bool, device: str,
+                 model_kwargs: dict[str, Any] | None = None) -> Backbone:
     """Load a backbone once per process (protocols train many runs on the same one)."""
+    import json
+
     from ..engine.precision import resolve_device
 
-    key = (name, weights, trust, device)
+    key = (name, weights, trust, device, json.dumps(model_kwargs or {}, sort_keys=True, default=str))
     if key not in _BACKBONES:
         _BACKBONES.clear()
-        _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device))
+        _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device),
+                                        model_kwargs=model_kwargs or None)
     return _BACKBONES[key]
 
 
@@ -101,7 +107,7 @@ def train_run(
     method_opts = {**preset["method"], **spec.method_options}
     train_opts = {**preset["train"], **spec.train_options, "seed": spec.seed}
     TrainConfig.from_kwargs(**train_opts)  # bad training options fail before anything is loaded
-    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device)
+    bb = get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device, spec.model_kwargs)
     get_method_class(base).check_backbone(bb, method_opts)  # e.g. MaPLe's prompt_depth, before the data work
     task = load_dataset(spec.dataset, spec.root, shots=spec.shots, seed=spec.seed, subsample=spec.subsample,
                         split_file=spec.split_file, split=spec.split)
@@ -147,7 +153,7 @@ def evaluate_run(
 
         raise ConfigError(f"{run.path} is not a run directory (no config.yaml); train one with `vlprompt train`")
     bcfg = cfg["backbone"]
-    bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device)
+    bb = get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device, bcfg.get("model_kwargs"))
     task = load_dataset(dataset, root, subsample=subsample)
     model = load_prompt(run.path, bb)
     if task.extra.get("tasks") and "tasks" in config_to_dict(model.config):  # multi-task method on a group

@@ -187,7 +187,8 @@ def _prune_search(template: RunSpec, name: str, train: dict[str, Any], seed: int
     from .e2vpt_prune import prune_and_rewind
 
     task = load_dataset(name, template.root, shots=None, split="tune")
-    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device,
+                      template.model_kwargs)
     method_opts = {**resolve_preset(template.method, template.preset, None, name)["method"],
                    **template.method_options}
     seed_everything(seed)
@@ -400,7 +401,8 @@ def vtab(
             p_rows, pruning[name] = prune_task(template, name, best["base_lr"], best["wd"], seeds, prune,
                                                scale_lr=scale_lr, tune_seed=tune_seed)
             pruned_rows += p_rows
-    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device)
+    bb = get_backbone(template.backbone, template.weights, template.trust_checkpoint, template.device,
+                      template.model_kwargs)
     n_params = sum(p.numel() for p in bb.parameters())
     summary = summarize_vtab(rows, n_params)
     summary.update({"protocol": "vtab", "method": template.method, "backbone": template.backbone,
