@@ -195,13 +195,20 @@ def plugin_deltas_figure(b2n: dict[tuple[str, Any], dict[str, Any]], fs: dict[st
     """Per-dataset deltas of each plug-in ``X+p`` vs its base ``X``: H (base-to-new) and accuracy at the
     largest common shots (few-shot); None when no pair exists. Differences of the means over seeds."""
     panels: list[tuple[str, list[str], list[float]]] = []
-    b2n_methods = {m: k for m, k in b2n}
-    for plug, base in _plugin_pairs(list(b2n_methods)):
-        tp, tb = b2n[(plug, b2n_methods[plug])], b2n[(base, b2n_methods[base])]
-        hb = {r["dataset"]: r["hm"] for r in tb["rows"]}
-        ds = [r["dataset"] for r in tp["rows"] if r["dataset"] in hb]
-        panels.append((f"{plug} − {base}: H (base-to-new)", ds + ["average"],
-                       [r["hm"] - hb[r["dataset"]] for r in tp["rows"] if r["dataset"] in hb]
+    b2n_methods = list(dict.fromkeys(m for m, _ in b2n))
+    for plug, base in _plugin_pairs(b2n_methods):
+        common = [k for m, k in b2n if m == plug and (base, k) in b2n]
+        if not common:
+            continue
+        k = max(common, key=lambda v: -1 if v is None else v)  # the largest shot count both have
+        tp, tb = b2n[(plug, k)], b2n[(base, k)]
+        hb = {r["dataset"]: r["hm"] for r in tb["rows"] if r["hm"] is not None}
+        ds = [r["dataset"] for r in tp["rows"] if r["dataset"] in hb and r["hm"] is not None]
+        if not ds or tp["average"]["hm"] is None or tb["average"]["hm"] is None:
+            continue
+        shots = "all" if k is None else k
+        panels.append((f"{plug} − {base}: H (base-to-new, {shots} shots)", ds + ["average"],
+                       [r["hm"] - hb[r["dataset"]] for r in tp["rows"] if r["dataset"] in ds]
                        + [tp["average"]["hm"] - tb["average"]["hm"]]))
     for plug, base in _plugin_pairs(list(fs)):
         common = [k for k in fs[plug]["shots"] if k in fs[base]["shots"]]
