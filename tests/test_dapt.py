@@ -300,6 +300,12 @@ def test_data_efficient_protocol(tmp_path, cache_dir, selection):
     assert (tmp_path / "de" / "data_efficient.md").exists()
     res = json.loads((tmp_path / "de" / "tiny/colours" / f"{selection}_0.05" / "seed1" / "results.json").read_text())
     assert res["selection"] == selection and res["data_ratio"] == 0.05
+    assert res["protocol"] == "data-efficient"  # `vlprompt report` tallies it as such (one column per ratio)
+    from vlprompt.report import write_report
+
+    write_report(tmp_path / "de", tmp_path / "rep", plots=False)
+    md = (tmp_path / "rep" / "data_efficient.md").read_text()
+    assert f"## coop ({selection})" in md and "| dataset | 5% |" in md and f"| tiny/colours | {res['acc']:.2f} |" in md
 
 
 def test_custom_data_simple_mask_layout_and_missing_masks(tmp_path, tiny_bb, cache_dir):

@@ -192,6 +192,36 @@ def test_logistic_regression_weak_regularisation_vs_sklearn():
         assert ((x @ w.T + b).argmax(1) == ref.predict(x)).all()
 
 
+def test_small_probe_fits_run_on_one_thread_with_the_same_weights():
+    """Before: each of the C search's 24 fits ran its thousands of tiny ops on every intra-op thread (16-69 s
+    on a busy 2-core machine). Now a fit whose reductions are below ATen's grain runs on one thread: the
+    weights equal a two-thread fit bit for bit (largest such size: 25 classes x 1280 features)."""
+    from vlprompt.methods.linear_probe import ATEN_GRAIN, _fit_logistic_regression, one_thread
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        g = torch.Generator().manual_seed(0)
+        n_cls, dim = 25, 1280
+        assert n_cls * (dim + 1) < ATEN_GRAIN
+        y = torch.arange(50) % n_cls
+        x = torch.randn(n_cls, dim, generator=g)[y] + torch.randn(50, dim, generator=g)
+        for c in (1e-2, 1e4):
+            w2, b2 = _fit_logistic_regression(x, y, n_cls, c, 200)  # as before: two threads
+            assert torch.get_num_threads() == 2
+            w1, b1 = fit_logistic_regression(x, y, n_cls, c, 200)
+            assert torch.equal(w1, w2) and torch.equal(b1, b2)
+        with one_thread(x, n_cls):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        with one_thread(torch.zeros(10, 1280), 26):  # weights above the grain: threads kept
+            assert torch.get_num_threads() == 2
+        with one_thread(torch.zeros(2000, 16), 20):  # logits above the grain: threads kept
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_c_search_follows_grid_then_bisection():
     torch.manual_seed(0)
     x = torch.randn(40, 6)

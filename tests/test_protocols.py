@@ -114,6 +114,14 @@ def test_cross_dataset_and_few_shot(shapes_root, cache_dir, tmp_path):
     names = [r["dataset"] for r in s["rows"]]
     assert names == ["imagefolder (source)", "imagefolder"]
     assert s["average"]["acc"] == s["rows"][1]["acc"]
+    res = RunDir(tmp_path / "xd" / "imagefolder" / "seed1").read_results()  # the source run carries its targets
+    assert res["protocol"] == "cross-dataset" and res["targets"] == {"imagefolder": s["rows"][1]["acc"]}
+    assert res["source_acc"] == res["acc"] == s["rows"][0]["acc"] and res["target_avg"] == s["average"]["acc"]
+    from vlprompt.report import write_report
+
+    write_report(tmp_path / "xd", tmp_path / "rep", plots=False)  # one seed: no "± 0.00"
+    assert (f"| coop | {res['acc']:.2f} | {res['targets']['imagefolder']:.2f} | {res['target_avg']:.2f} |"
+            in (tmp_path / "rep" / "cross_dataset.md").read_text())
     fs = few_shot(_spec(shapes_root, tmp_path / "fs", cache_dir), ["imagefolder"], shots=[1, 2], seeds=[1])
     assert set(fs["rows"][0]) == {"dataset", "1-shot", "2-shot"}
     data = json.loads((tmp_path / "fs" / "few_shot.json").read_text())

@@ -4,6 +4,7 @@ without training images, and split-file paths that leave the image folder. Each 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -134,6 +135,26 @@ def test_train_help_shows_defaults(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 10, or the --preset's value)" in text and "(default: 0.002" in text
+
+
+def test_every_command_help_states_its_defaults(capsys):
+    """Before: `vlprompt few-shot --help` showed --shots-list, --seeds, --backbone without their defaults."""
+    from vlprompt.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.default in (None, False, "", []) or action.required or action.help is None and not \
+                    action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert "default" in (action.help or ""), (name, action.option_strings)
+    with pytest.raises(SystemExit):
+        main(["few-shot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("--shots-list SHOTS_LIST [SHOTS_LIST ...] (default: 1 2 4 8 16)", "(default: 1 2 3)",
+                 "timm:<ViT> (default: tiny-clip)", "(default: 10, or the --preset's value)"):
+        assert part in text, part
 
 
 # ------------------------------------------------------------------ 3. --shots above the images of a class
@@ -299,3 +320,40 @@ def test_fgvc_json_and_split_dk_refuse_outside_paths(tmp_path):
     dk.write_text(json.dumps({"train": [["../x.jpg", [0], [0]]], "val": [], "test": [], "meta": meta}))
     with pytest.raises(DatasetError, match=r"split_dk_Toy.json': entry 0 of 'train': path '../x.jpg' leads outside"):
         read_split_dk(dk)
+
+
+# ------------------------------------------------------------------ --model-kwargs (timm backbones)
+def test_model_kwargs_from_the_cli_reach_timm_and_the_run(shapes_root, cache_dir, tmp_path, capsys):
+    """Before: the API's model_kwargs (MAE's global_pool) had no CLI flag; the feature cache key ignored them."""
+    import torch
+
+    from vlprompt.engine.features import FeatureCache
+    from vlprompt.engine.run import RunDir
+    from vlprompt.protocols.runs import get_backbone
+
+    kw = ["--model-kwargs", "img_size=32", "--model-kwargs", "patch_size=8", "--model-kwargs", "embed_dim=32",
+          "--model-kwargs", "depth=2", "--model-kwargs", "num_heads=2"]
+    base = ["train", "--method", "linear-probe", "--dataset", "imagefolder", "--root", str(shapes_root), "--shots",
+            "2", "--backbone", "timm:vit_tiny_patch16_224", "--cache-dir", cache_dir, "--precision", "fp32", *kw]
+    assert main([*base, "--out", str(tmp_path / "tok")]) == 0
+    assert main([*base, "--model-kwargs", "global_pool=avg", "--out", str(tmp_path / "avg")]) == 0
+    capsys.readouterr()
+    tok, avg = RunDir(tmp_path / "tok").read_config(), RunDir(tmp_path / "avg").read_config()
+    assert tok["backbone"]["model_kwargs"] == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
+                                               "num_heads": 2}  # parsed as YAML: ints
+    assert avg["backbone"]["model_kwargs"]["global_pool"] == "avg" and tok["fingerprint"] != avg["fingerprint"]
+    bb_tok = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", tok["backbone"]["model_kwargs"])
+    bb_avg = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", avg["backbone"]["model_kwargs"])
+    assert bb_avg.model.global_pool == "avg" and bb_tok.model.global_pool == "token"
+    from vlprompt import load_dataset
+
+    test = load_dataset("imagefolder", str(shapes_root)).test
+    cpu = torch.device("cpu")
+    keys = {FeatureCache(b, "fp32", cpu, cache_dir).key(test, "test", 0, 0) for b in (bb_tok, bb_avg)}
+    assert len(keys) == 2  # other pooling, other features: not read from the other's cache
+    # eval rebuilds the backbone with the run's kwargs (a default vit_tiny would not load the 32-wide prompt)
+    assert main(["eval", "--run", str(tmp_path / "avg"), "--cache-dir", cache_dir]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["acc"] == json.loads((tmp_path / "avg" / "results.json").read_text())["acc"]
+    _fails([*base, "--model-kwargs", "global_pool", "--out", str(tmp_path / "bad")], capsys,
+           "--model-kwargs 'global_pool' is not KEY=VALUE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ def test_expansion_is_deterministic_with_readable_ids(tmp_path):
     }
     a, b = parse_sweep(data).expand(), parse_sweep(json.loads(json.dumps(data))).expand()
     assert [r.id for r in a] == [r.id for r in b]
-    assert len(a) == 2 * 2 * 3 * 2 * 2 * 2 and len({r.id for r in a}) == len(a)
+    # protocols × datasets × seeds × presets × (coop: 2 shot counts + zeroshot: one run for both)
+    assert len(a) == 2 * 3 * 2 * 2 * (2 + 1) and len({r.id for r in a}) == len(a)
     first = a[0]
     assert first.id == run_id("base2new", "zeroshot", "eurosat", 1, 1, None, {}, {"epochs": 1})
     assert first.id.startswith("base2new/zeroshot/eurosat/shots1/seed1-") and len(first.id.split("-")[-1]) == 8
@@ -49,6 +51,30 @@ def test_expansion_is_deterministic_with_readable_ids(tmp_path):
     # a list of overrides is a grid axis
     two = parse_sweep({**data, "overrides": [{"train": {"lr": 0.1}}, {"train": {"lr": 0.2}}]}).expand()
     assert len(two) == 2 * len(a)
+
+
+def test_zeroshot_runs_once_per_configuration_not_once_per_shot_count(tmp_path):
+    """Before: zero-shot ran (identically) once per entry of `shots`."""
+    from vlprompt.sweep.spec import config_fingerprint
+
+    sweep = parse_sweep({"methods": ["zeroshot", "linear-probe", "coop"], "datasets": ["tiny/shapes"],
+                         "shots": [1, 4, 16], "seeds": [1, 2], "out": str(tmp_path / "o"), "cache_dir": "/c",
+                         "overrides": {"train": {"epochs": 1, "log_to": ["tensorboard"]}}})
+    runs = sweep.expand()
+    by = {m: [(r.shots, r.seed) for r in runs if r.method == m] for m in ("zeroshot", "linear-probe", "coop")}
+    assert by["zeroshot"] == [(1, 1), (1, 2)]  # the first shot count stands for all; seeds stay
+    assert by["linear-probe"] == by["coop"] == [(k, s) for k in (1, 4, 16) for s in (1, 2)]
+    zs = runs[0]
+    assert zs.id == run_id("few-shot", "zeroshot", "tiny/shapes", 1, 1, None, {}, {"epochs": 1})  # ids as before
+    assert config_fingerprint(zs) == config_fingerprint(dataclasses.replace(zs, shots=16, id="x", out="y",
+                                                                            cache_dir="/other"))
+    assert config_fingerprint(zs) != config_fingerprint(dataclasses.replace(zs, seed=2))
+    assert config_fingerprint(zs) != config_fingerprint(dataclasses.replace(zs, method_options={"ensemble": True}))
+    lp = next(r for r in runs if r.method == "linear-probe")
+    assert config_fingerprint(lp) != config_fingerprint(dataclasses.replace(lp, shots=16))
+    two = parse_sweep({"methods": ["zeroshot"], "datasets": ["tiny/shapes"], "shots": [1, 16],
+                       "overrides": [{"method": {"ensemble": False}}, {"method": {"ensemble": True}}]}).expand()
+    assert len(two) == 2  # different options: different configurations
 
 
 def test_sweep_file_errors(tmp_path):

@@ -33,6 +33,10 @@ def _parse_options(pairs: list[str], method: str) -> dict[str, Any]:
     return parse_method_options(method, out)
 
 
+_OPT_HELP = ("method option, parsed by the type of its Config field (e.g. -o n_ctx=4, -o csc=true, "
+             "-o dept_weight=0.5, lists as a,b or [\"a\", \"b\"]); `vlprompt methods NAME` lists them")
+
+
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tiny-clip",
                    help="open_clip architecture (a -quickgelu suffix builds it with QuickGELU, e.g. "
@@ -44,6 +48,25 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     _add_quick_gelu(p)
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickle-based checkpoints")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--model-kwargs", action="append", default=[], metavar="KEY=VALUE",
+                   help="timm backbones: extra timm.create_model argument, value read as YAML (e.g. "
+                        "--model-kwargs global_pool=avg for MAE as VPT); recorded in the run, reused by eval/predict")
+
+
+def _model_kwargs(pairs: list[str] | None) -> dict[str, Any]:
+    """``["global_pool=avg", "img_size=32"]`` -> ``{"global_pool": "avg", "img_size": 32}`` (values as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-kwargs {pair!r} is not KEY=VALUE (e.g. --model-kwargs global_pool=avg)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def _add_quick_gelu(p: argparse.ArgumentParser, what: str = "build the CLIP towers with") -> None:
@@ -120,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("--restart", action="store_true",
                    help="start over from epoch 0: move the run directory's checkpoint to checkpoint/discarded/")
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, parsed by the type of its Config field (e.g. -o n_ctx=4, -o csc=true, "
-                        "-o dept_weight=0.5, lists as a,b or [\"a\", \"b\"])")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help=_OPT_HELP)
     p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
     p.add_argument("--seed", type=int, default=1, help="seed of the few-shot sample and of training (default: 1)")
     _add_backbone_args(p)
@@ -148,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", required=True)
         p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
         p.add_argument("--out", required=True)
-        p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
-        p.add_argument("--preset")
+        p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help=_OPT_HELP)
+        p.add_argument("--preset", help="paper configuration: paper, dept, ... (explicit options win)")
         _add_backbone_args(p)
         _add_train_args(p)
 
@@ -162,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots-list", nargs="+", type=int, default=[16])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", required=True)
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help=_OPT_HELP)
     p.add_argument("--preset", help="paper: SGD lr 0.002, 50 epochs, batch 32")
     p.add_argument("--base2new", action="store_true",
                    help="train on every task's base classes jointly, test each task's base and new classes (B/N/H)")
@@ -187,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e2vpt: prune + rewind on the tuning split, then the final seeds with the pruned masks")
     p.add_argument("--token-levels", nargs="+", type=float, help="--prune token levels %% (default 10 ... 90)")
     p.add_argument("--piece-levels", nargs="+", type=float, help="--prune segment levels %% (default 10 ... 90)")
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help=_OPT_HELP)
     p.add_argument("--preset")
     _add_backbone_args(p)
     _add_train_args(p)
@@ -202,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", required=True)
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE", help=_OPT_HELP)
     p.add_argument("--preset")
     _add_backbone_args(p)
     _add_train_args(p)
@@ -254,7 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the 10 training epochs (quick checks)")
     p.add_argument("--suite", default=".", help="tiny suite folder (default: the cache, generated on first use)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each (default 2)")
+    for p in sub.choices.values():
+        _show_defaults(p)
     return parser
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to the help of every option with a default that its help does not state yet
+    (flags, required options and options without a default are left alone)."""
+    for action in p._actions:
+        default = action.default
+        if (isinstance(action, argparse._HelpAction) or action.required or default is argparse.SUPPRESS
+                or default in (None, False, "", []) or any(t in (action.help or "") for t in ("(default", "default:"))):
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help = f"{action.help} (default: {shown})" if action.help else f"(default: {shown})"
 
 
 # ---------------------------------------------------------------------- commands
@@ -344,7 +379,7 @@ def _spec(args: argparse.Namespace, **overrides: Any):
         "preset": args.preset, "method_options": _parse_options(args.opt, args.method),
         "train_options": _train_options(args),
         "split_file": getattr(args, "split_file", None), "device": args.device,
-        "split": getattr(args, "split", None),
+        "split": getattr(args, "split", None), "model_kwargs": _model_kwargs(getattr(args, "model_kwargs", None)),
     }
     fields.update(overrides)
     fields["train_options"].pop("seed", None)

@@ -191,7 +191,6 @@ def _plot(average: dict[str, dict[str, float | None]], path: Path) -> Path | Non
 
     if not have_matplotlib():
         return None
-    b2n = {(m, 16): {"average": {k: (v if v is not None else 0.0) for k, v in a.items()}}
-           for m, a in average.items()}
+    b2n = {(m, 16): {"average": dict(a)} for m, a in average.items()}  # None (linear probe N, H): drawn as n/a
     path.parent.mkdir(parents=True, exist_ok=True)
     return plot_base2new_bars(b2n, path)

@@ -45,6 +45,8 @@ def save_prompt(model: PromptMethod, path: str | Path) -> Path:
         "quick_gelu": model.backbone.quick_gelu, "pretrained": model.backbone.pretrained,
         "classnames": model.classnames,
     }
+    if getattr(model.backbone, "model_kwargs", None):  # timm create_model arguments (e.g. global_pool)
+        meta["model_kwargs"] = dict(model.backbone.model_kwargs)
     atomic_write(path, save_safetensors(tensors, metadata={"method": meta["method"]}))
     atomic_write(_meta_path(path), json.dumps(meta, indent=2) + "\n")
     return path
@@ -83,7 +85,8 @@ def load_prompt(
     recorded = recorded if isinstance(recorded, bool) else None
     if backbone is None:  # by name (and pretrained tag, through the hub cache), with the recorded activation
         tag = meta.get("pretrained") if isinstance(meta.get("pretrained"), str) else None
-        backbone = load_backbone(meta["backbone"], force_quick_gelu=recorded, pretrained=tag)
+        backbone = load_backbone(meta["backbone"], force_quick_gelu=recorded, pretrained=tag,
+                                 model_kwargs=meta.get("model_kwargs") or None)
     if backbone.name != meta["backbone"]:
         raise ConfigError(f"prompt was trained on backbone {meta['backbone']!r}, got {backbone.name!r}")
     if recorded is not None and backbone.quick_gelu is not None and backbone.quick_gelu != recorded:

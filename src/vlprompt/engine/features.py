@@ -77,6 +77,9 @@ class FeatureCache:
             "precision": self.precision,
             "files": [_file_sig(s.path) for s in samples],
         }
+        model_kwargs = getattr(self.backbone, "model_kwargs", None)
+        if model_kwargs:  # e.g. timm global_pool: other features from the same weights (keys without them unchanged)
+            desc["model_kwargs"] = model_kwargs
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
     def get(

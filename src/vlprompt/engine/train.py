@@ -156,6 +156,8 @@ def fit(
         "subsample": task.subsample, "classnames": model.classnames,
         "backbone": bb.name, "weights": bb.weights_id,
     }
+    if getattr(bb, "model_kwargs", None):  # timm create_model arguments (fingerprints without them unchanged)
+        info["model_kwargs"] = dict(bb.model_kwargs)
     # where a run is mirrored never changes its results: not part of the fingerprint
     fingerprint = _fingerprint({**info, "train": {k: v for k, v in info["train"].items() if k not in LOGGING_OPTIONS}})
     if not task.train and plan.trains:
@@ -187,7 +189,8 @@ def fit(
                                 "seed": task.seed, "subsample": task.subsample},
             "backbone": {"name": bb.name, "weights_id": bb.weights_id,
                          "weights": getattr(bb, "weights_path", None),
-                         "pretrained": getattr(bb, "pretrained", None), "quick_gelu": getattr(bb, "quick_gelu", None)},
+                         "pretrained": getattr(bb, "pretrained", None), "quick_gelu": getattr(bb, "quick_gelu", None),
+                         **({"model_kwargs": dict(bb.model_kwargs)} if getattr(bb, "model_kwargs", None) else {})},
             "protocol": protocol or default_protocol(task), "fingerprint": fingerprint, **train_counts(task),
         }
         run.write_config(resolved)

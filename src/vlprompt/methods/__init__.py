@@ -14,6 +14,7 @@ from .base import (
     list_methods,
     method_options,
     parse_method_options,
+    reads_training_data,
     register_method,
     register_plugin,
 )
@@ -24,4 +25,4 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["PromptMethod", "build_method", "get_method_class", "list_methods", "method_options", "parse_method_options",
-           "register_method", "register_plugin"]
+           "reads_training_data", "register_method", "register_plugin"]

@@ -346,6 +346,22 @@ def get_method_class(name: str) -> type[PromptMethod]:
     return _REGISTRY[name]
 
 
+def reads_training_data(name: str) -> bool:
+    """Whether method ``name`` (plug-ins included) uses the training images: ``False`` only for a registered
+    method that neither trains nor fits on features (zero-shot), whose results therefore do not depend on
+    the few-shot sample (shots). Unknown names count as reading them.
+
+    Example:
+        >>> reads_training_data("zeroshot"), reads_training_data("coop"), reads_training_data("linear-probe")
+        (False, True, True)
+    """
+    base, *plugins = str(name).split("+")
+    if plugins or base not in _REGISTRY:
+        return True
+    cls = _REGISTRY[base]
+    return cls.needs_training or hasattr(cls, "fit_features")
+
+
 # ---------------------------------------------------------------------- options
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 

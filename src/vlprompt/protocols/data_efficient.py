@@ -76,7 +76,7 @@ def data_efficient(
             for seed in seeds:
                 out = Path(template.out) / ds / f"{selection}_{ratio:g}" / f"seed{seed}"
                 spec = dataclasses.replace(template, dataset=ds, seed=seed, subsample="all", out=str(out),
-                                           selection=selection, data_ratio=ratio)
+                                           selection=selection, data_ratio=ratio, protocol="data-efficient")
                 res = train_run(spec)
                 rows.append({"dataset": ds, "ratio": ratio, "seed": seed, "acc": res["acc"],
                              "n_train": res.get("n_train")})

@@ -40,6 +40,7 @@ class RunSpec:
         protocol: recorded as ``protocol`` in ``results.json`` (default: derived from the task).
         selection, data_ratio: keep only ``data_ratio`` of the training images, chosen by
             ``selection`` (``uniform``, ``herding``, ``kcenter``; data-efficient protocol).
+        model_kwargs: extra ``timm.create_model`` arguments of a timm backbone (MAE: ``{"global_pool": "avg"}``).
     """
 
     method: str
@@ -63,6 +64,7 @@ class RunSpec:
     data_ratio: float = 1.0
     pretrained: str | None = None
     quick_gelu: bool | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -70,23 +72,27 @@ _BACKBONES: dict[tuple, Backbone] = {}
 
 def get_backbone(
     name: str, weights: str | None, trust: bool, device: str, pretrained: str | None = None,
-    quick_gelu: bool | None = None,
+    quick_gelu: bool | None = None, model_kwargs: dict[str, Any] | None = None,
 ) -> Backbone:
     """Load a backbone once per process (protocols train many runs on the same one)."""
+    import json
+
     from ..engine.precision import resolve_device
 
-    key = (name, weights, trust, device, pretrained, quick_gelu)
+    key = (name, weights, trust, device, pretrained, quick_gelu,
+           json.dumps(model_kwargs or {}, sort_keys=True, default=str))
     if key not in _BACKBONES:
         _BACKBONES.clear()
         _BACKBONES[key] = load_backbone(name, weights=weights, trust_checkpoint=trust, device=resolve_device(device),
-                                        pretrained=pretrained, force_quick_gelu=quick_gelu)
+                                        pretrained=pretrained, force_quick_gelu=quick_gelu,
+                                        model_kwargs=model_kwargs or None)
     return _BACKBONES[key]
 
 
 def spec_backbone(spec: RunSpec) -> Backbone:
     """The backbone a run spec names (cached per process by :func:`get_backbone`)."""
     return get_backbone(spec.backbone, spec.weights, spec.trust_checkpoint, spec.device, pretrained=spec.pretrained,
-                        quick_gelu=spec.quick_gelu)
+                        quick_gelu=spec.quick_gelu, model_kwargs=spec.model_kwargs)
 
 
 def run_backbone(
@@ -100,12 +106,15 @@ def run_backbone(
     the hub cache again. ``weights`` (another file) and ``quick_gelu`` override what was recorded.
     """
     bcfg = cfg["backbone"]
+    model_kwargs = bcfg.get("model_kwargs")  # timm create_model arguments the run was trained with
     if weights is None and bcfg.get("pretrained"):
         return get_backbone(bcfg["name"], None, trust_checkpoint, device, pretrained=bcfg["pretrained"],
-                            quick_gelu=quick_gelu if quick_gelu is not None else bcfg.get("quick_gelu"))
+                            quick_gelu=quick_gelu if quick_gelu is not None else bcfg.get("quick_gelu"),
+                            model_kwargs=model_kwargs)
     if quick_gelu is None:
         quick_gelu = bcfg.get("quick_gelu")  # None: runs from before it was recorded, or not a CLIP
-    return get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device, quick_gelu=quick_gelu)
+    return get_backbone(bcfg["name"], weights or bcfg.get("weights"), trust_checkpoint, device, quick_gelu=quick_gelu,
+                        model_kwargs=model_kwargs)
 
 
 def train_run(

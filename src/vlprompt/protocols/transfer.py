@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import progress
+from ..engine.run import RunDir
 from .runs import RunSpec, evaluate_run, train_run
 from .tables import markdown_table, summarize_acc, write_summary
 
@@ -23,24 +24,31 @@ def transfer(
 
     Prompts are re-targeted to each target's class names. A target is a dataset name (under
     ``template.root``) or ``"name@root"``. Writes ``<name>.{json,md}`` with the
-    source accuracy, per-target means over seeds and the target average.
+    source accuracy, per-target means over seeds and the target average; each source run's
+    ``results.json`` gets ``targets`` (name → accuracy), ``target_avg`` and ``source_acc``.
 
     Example:
         >>> spec = RunSpec("coop", "imagenet", "~/data", out="runs/xd", preset="dept")
         >>> transfer(spec, ["caltech101", "oxford_pets"])
     """
     rows = []
+    protocol = name.replace("_", "-")  # cross-dataset / domain-gen, as the sweep protocols
     progress.plan(len(seeds))
     for seed in seeds:
         out = Path(template.out) / template.dataset / f"seed{seed}"
-        spec = dataclasses.replace(template, seed=seed, subsample="all", out=str(out))
+        spec = dataclasses.replace(template, seed=seed, subsample="all", out=str(out), protocol=protocol)
         res = train_run(spec)
         rows.append({"dataset": f"{template.dataset} (source)", "seed": seed, "acc": res["acc"]})
+        accs = {}
         for target in targets:
             target, _, root = target.partition("@")  # "name@root" for a target stored elsewhere
             ev = evaluate_run(out, target, root or template.root, "all", cache_dir=cache_dir, weights=template.weights,
                               trust_checkpoint=template.trust_checkpoint, device=template.device)
             rows.append({"dataset": target, "seed": seed, "acc": ev["acc"]})
+            accs[target if target not in accs else f"{target}@{root}"] = ev["acc"]
+        if accs:  # the run's results.json carries its targets, as a sweep's: `vlprompt report` tallies them
+            RunDir(out).write_results({**res, "protocol": protocol, "source_acc": res["acc"], "targets": accs,
+                                       "target_avg": sum(accs.values()) / len(accs)})
     summary = summarize_acc(rows)
     target_rows = [r for r in summary["rows"] if not r["dataset"].endswith("(source)")]
     summary["average"] = {"acc": sum(r["acc"] for r in target_rows) / max(len(target_rows), 1)}

@@ -300,6 +300,11 @@ def summarize_vtab(rows: list[dict[str, Any]], backbone_params: int | None = Non
             "backbone_params": backbone_params, "tuned_percent_mean": mean(tuned) if tuned else None}
 
 
+def _pm(row: dict[str, Any]) -> str:
+    """``acc ± std`` over the row's seeds; the accuracy alone for one seed."""
+    return f"{row['acc']:.2f} ± {row['std']:.2f}" if len(row.get("seeds") or ()) > 1 else f"{row['acc']:.2f}"
+
+
 def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
     """The summary as markdown: a per-task table, a group table and the overall line."""
     lines = [f"# VTAB-1k / FGVC: {title}".rstrip(": ") + "\n",
@@ -307,7 +312,7 @@ def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
              "|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         tuned = f"{r['tuned_percent']:.3f}" if "tuned_percent" in r else "-"
-        lines.append(f"| {r['dataset']} | {r['group']} | {r['acc']:.2f} ± {r['std']:.2f} | {len(r['seeds'])} | "
+        lines.append(f"| {r['dataset']} | {r['group']} | {_pm(r)} | {len(r['seeds'])} | "
                      f"{r.get('base_lr', '-')} | {r.get('wd', '-')} | {tuned} |")
     lines += ["", "| group | mean top-1 | tasks |", "|---|---|---|"]
     for g, info in summary["groups"].items():
@@ -333,9 +338,9 @@ def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
             def pct(row: dict[str, Any]) -> str:
                 return f"{row['tuned_percent']:.3f}" if "tuned_percent" in row else "-"
 
-            acc_b = f"{b['acc']:.2f} ± {b['std']:.2f}" if b else "-"
+            acc_b = _pm(b) if b else "-"
             lines.append(f"| {r['dataset']} | {info.get('token_pct', '-')} / {info.get('piece_pct', '-')} | "
-                         f"{info.get('val_acc', float('nan')):.2f} | {acc_b} | {r['acc']:.2f} ± {r['std']:.2f} | "
+                         f"{info.get('val_acc', float('nan')):.2f} | {acc_b} | {_pm(r)} | "
                          f"{pct(b) if b else '-'} | {pct(r)} |")
         po = pruned["overall"]
         if po["n_groups"]:

@@ -14,7 +14,14 @@ from typing import Any
 
 from ..engine.run import atomic_write
 from ..errors import VlpromptError
-from .plots import have_matplotlib, plot_base2new_bars, plot_few_shot_curves, plot_plugin_deltas
+from .data_efficient import data_efficient_tables, render_data_efficient
+from .plots import (
+    have_matplotlib,
+    plot_base2new_bars,
+    plot_data_efficient_curves,
+    plot_few_shot_curves,
+    plot_plugin_deltas,
+)
 from .tables import (
     accuracy_tables,
     base2new_tables,
@@ -31,8 +38,8 @@ from .tables import (
 )
 from .transfer import TRANSFER_PROTOCOLS, render_transfer, transfer_tables
 
-__all__ = ["accuracy_tables", "base2new_tables", "collect", "mean_std", "multitask_task_tables", "report_main",
-           "transfer_tables", "vtab_tables", "write_report"]
+__all__ = ["accuracy_tables", "base2new_tables", "collect", "data_efficient_tables", "mean_std",
+           "multitask_task_tables", "report_main", "transfer_tables", "vtab_tables", "write_report"]
 
 
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Any]:
@@ -42,8 +49,10 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     ``few_shot_compare.csv`` (and the same for any other accuracy protocol; ``multitask`` adds
     ``multitask_tasks.{md,csv}``, multi-task base-to-new ``multitask_base2new_tasks.{md,csv}``),
     ``cross_dataset.{md,csv}`` / ``domain_gen.{md,csv}`` (+ ``_compare.csv``: methods × source, targets,
-    average), ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
-    and with matplotlib ``base2new_bars.png``, ``few_shot_curves.png``, ``plugin_deltas.png``.
+    average), ``data_efficient.{md,csv}`` + ``data_efficient_compare.csv`` (datasets × data ratios),
+    ``vtab.{md,csv}`` + ``vtab_compare.csv``, ``README.md`` (all tables),
+    and with matplotlib ``base2new_bars.png``, ``few_shot_curves.png``, ``data_efficient_curves.png``,
+    ``plugin_deltas.png`` (see :mod:`vlprompt.report.plots` for what they show).
 
     Returns:
         ``{"runs": n, "files": [paths], "note": str | None}``.
@@ -63,7 +72,10 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
         xd = transfer_tables(rows, protocol)
         if xd:
             files.update(render_transfer(xd, protocol))
-    for protocol in sorted({r["protocol"] for r in rows} - {"base2new", "vtab", *TRANSFER_PROTOCOLS}):
+    de = data_efficient_tables(rows)
+    if de:
+        files.update(render_data_efficient(de))
+    for protocol in sorted({r["protocol"] for r in rows} - {"base2new", "vtab", "data-efficient", *TRANSFER_PROTOCOLS}):
         acc[protocol] = accuracy_tables(rows, protocol)
         files.update(render_accuracy(acc[protocol], protocol))
         if protocol == "multitask":
@@ -91,6 +103,8 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
                 pngs.append(plot_base2new_bars(b2n, out / "base2new_bars.png"))
             if acc.get("few-shot"):
                 pngs.append(plot_few_shot_curves(acc["few-shot"], out / "few_shot_curves.png"))
+            if de:
+                pngs.append(plot_data_efficient_curves(de, out / "data_efficient_curves.png"))
             p = plot_plugin_deltas(b2n, acc.get("few-shot", {}), out / "plugin_deltas.png")
             if p is not None:
                 pngs.append(p)

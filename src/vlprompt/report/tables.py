@@ -10,8 +10,12 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
+import yaml
+
+from ..engine.loggers import LOGGING_OPTIONS
 from ..engine.train import hm
 from ..errors import ConfigError
+from ..methods import reads_training_data
 from ..protocols.tables import summarize_base2new
 from ..protocols.vtab import summarize_vtab, vtab_markdown
 
@@ -57,10 +61,16 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         if not sweep and res.get("protocol") == "multitask-baseline":  # per-task runs behind a group baseline
             continue
         b2n = res.get("new_acc") is not None and res.get("base_acc") is not None
+        protocol = str(sweep.get("protocol") or res.get("protocol") or "accuracy")
+        if b2n:
+            protocol = "base2new"
+        elif res.get("selection") and res.get("data_ratio") is not None:  # data-efficient runs (older ones: few-shot)
+            protocol = "data-efficient"
         rows.append({
             "method": str(res["method"]), "variant": _variant(res),
             "dataset": str(sweep.get("dataset") or res.get("dataset", "?")),
-            "protocol": "base2new" if b2n else str(sweep.get("protocol") or res.get("protocol") or "accuracy"),
+            "protocol": protocol, "trains": reads_training_data(str(res["method"])),
+            "ratio": res.get("data_ratio"), "selection": res.get("selection"),
             "shots": res.get("shots"), "seed": res.get("seed"), "acc": float(res["acc"]),
             "base_acc": res.get("base_acc"), "new_acc": res.get("new_acc"),
             "hm": res.get("hm") if res.get("hm") is not None
@@ -69,7 +79,9 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
             "vtab_runs": res.get("runs") if sweep.get("protocol") == "vtab" else None,
             "vtab_runs_pruned": (res.get("pruned") or {}).get("runs") if sweep.get("protocol") == "vtab" else None,
             "backbone_params": res.get("backbone_params"), "targets": res.get("targets"),
+            "config_key": None if reads_training_data(str(res["method"])) else _config_key(p.parent, res),
         })
+    rows = _one_per_configuration(rows)
     variants: dict[str, set[str]] = {}  # sweep variants (preset / options) of a method: split only when several
     for r in rows:
         if r["variant"]:
@@ -81,13 +93,50 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _config_key(run_dir: Path, res: dict[str, Any]) -> str:
+    """What determines the results of a run that reads no training images: the method's and the training
+    options (``config.yaml``; logging and cache folders aside), backbone, dataset, class subset and seed."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    train = {k: v for k, v in (cfg.get("train") or {}).items() if k != "cache_dir" and k not in LOGGING_OPTIONS}
+    key = {"method_config": cfg.get("method_config"), "train": train, "backbone": res.get("backbone"),
+           "weights": res.get("weights"), "subsample": res.get("subsample"), "seed": res.get("seed"),
+           "targets": sorted(res.get("targets") or {})}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _one_per_configuration(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of methods that read no training images (zero-shot) stand for every shot count: their ``shots``
+    becomes 0 and repeats of one configuration (one run per shot count, from older sweeps or protocol runs)
+    are dropped, so such a method is listed (and averaged over seeds) once."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in rows:
+        if r["config_key"] is not None:
+            key = (r["protocol"], r["method"], r["variant"], r["dataset"], r["config_key"])
+            if key in seen:
+                continue
+            seen.add(key)
+            r["shots"] = 0
+        out.append(r)
+    return out
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return mean(values), (stdev(values) if len(values) > 1 else 0.0)
 
 
-def _pm(m: float, s: float) -> str:
-    return f"{m:.2f} ± {s:.2f}"
+def _pm(m: float, s: float, n: int = 2) -> str:
+    """``mean ± std`` over ``n`` seeds; the mean alone for one seed (a std of one value says nothing)."""
+    return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+
+
+def _std(s: float, n: int) -> str:
+    """A std for a CSV cell: empty for one seed."""
+    return f"{s:.4f}" if n > 1 else ""
 
 
 def _order(values: list[Any]) -> list[Any]:
@@ -98,6 +147,13 @@ def _order(values: list[Any]) -> list[Any]:
     return seen
 
 
+def _zero_shot_first(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' methods in first-seen order, those without training (shots 0) first, as the papers' CLIP row."""
+    methods = _order([r["method"] for r in rows])
+    untrained = {r["method"] for r in rows if r["shots"] == 0}
+    return [m for m in methods if m in untrained] + [m for m in methods if m not in untrained]
+
+
 def _shots_key(k: Any) -> tuple[int, float]:
     return (1, 0.0) if k is None else (0, float(k))
 
@@ -106,25 +162,36 @@ def base2new_tables(rows: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[st
     """Per (method, shots): per-dataset B/N mean ± std, H = HM(mean B, mean N) and the average row.
 
     The average row is :func:`vlprompt.protocols.tables.summarize_base2new`'s (mean of the datasets'
-    B and N, H of those averages) with the standard deviation of the per-seed averages.
+    B and N, H of those averages); its ``std`` holds ``(std, n_seeds)`` over seeds of the per-seed average
+    B, N and H = HM(per-seed B, per-seed N) (for error bars; None for one seed). A method whose runs have no
+    new-class accuracy (the base-only linear probe) has ``new`` and ``hm`` None.
     """
-    b2n = [r for r in rows if r["protocol"] == "base2new"]
+    b2n = [r for r in rows if r["protocol"] == "base2new" and r.get("base_acc") is not None]
     out: dict[tuple[str, Any], dict[str, Any]] = {}
-    for method in _order([r["method"] for r in b2n]):
+    for method in _zero_shot_first(b2n):
         for shots in sorted({r["shots"] for r in b2n if r["method"] == method}, key=_shots_key):
             rs = [r for r in b2n if r["method"] == method and r["shots"] == shots]
+            has_new = all(r.get("new_acc") is not None for r in rs)  # base-only runs (linear probe): B alone
             table = []
             for ds in _order([r["dataset"] for r in rs]):
                 d = [r for r in rs if r["dataset"] == ds]
-                (bm, bs), (nm, ns) = mean_std([r["base_acc"] for r in d]), mean_std([r["new_acc"] for r in d])
-                _, hs = mean_std([r["hm"] for r in d])
+                bm, bs = mean_std([r["base_acc"] for r in d])
+                (nm, ns), (_, hs) = ((mean_std([r["new_acc"] for r in d]), mean_std([r["hm"] for r in d]))
+                                     if has_new else ((None, None), (None, None)))
                 table.append({"dataset": ds, "base": bm, "base_std": bs, "new": nm, "new_std": ns,
-                              "hm": hm(bm, nm), "hm_std": hs, "seeds": len(d)})
-            summary = summarize_base2new([{"dataset": r["dataset"], "seed": r["seed"], "base_acc": r["base_acc"],
-                                           "new_acc": r["new_acc"]} for r in rs])
+                              "hm": None if nm is None else hm(bm, nm), "hm_std": hs, "seeds": len(d)})
+            if has_new:
+                summary = summarize_base2new([{"dataset": r["dataset"], "seed": r["seed"], "base_acc": r["base_acc"],
+                                               "new_acc": r["new_acc"]} for r in rs])["average"]
+            else:
+                summary = {"base_acc": mean(t["base"] for t in table), "new_acc": None, "hm": None}
+            per_b = _per_seed(rs, "base_acc")
+            per_n = _per_seed(rs, "new_acc") if has_new else []
+            per_h = [hm(b, n) for b, n in zip(per_b, per_n, strict=False)]
             out[(method, shots)] = {"rows": table, "average": {
-                "dataset": "average", "base": summary["average"]["base_acc"], "new": summary["average"]["new_acc"],
-                "hm": summary["average"]["hm"], "datasets": len(table)}}
+                "dataset": "average", "base": summary["base_acc"], "new": summary["new_acc"],
+                "hm": summary["hm"], "datasets": len(table),
+                "std": {"base": _spread(per_b), "new": _spread(per_n), "hm": _spread(per_h)}}}
     return out
 
 
@@ -151,10 +218,11 @@ def plugin_effect_lines(tables: dict[tuple[str, Any], dict[str, Any]], bases: li
 
 
 def accuracy_tables(rows: list[dict[str, Any]], protocol: str = "few-shot") -> dict[str, dict[str, Any]]:
-    """Per method: accuracy mean ± std over seeds per (dataset, shots), and per-shots average over datasets."""
+    """Per method: accuracy mean ± std over seeds per (dataset, shots), and per-shots average over datasets
+    (``average``) with :func:`seed_spread` (``average_std``: std over seeds of the per-seed averages, or None)."""
     rs_all = [r for r in rows if r["protocol"] == protocol]
     out: dict[str, dict[str, Any]] = {}
-    for method in _order([r["method"] for r in rs_all]):
+    for method in _zero_shot_first(rs_all):
         rs = [r for r in rs_all if r["method"] == method]
         shots = sorted({r["shots"] for r in rs}, key=_shots_key)
         cells: dict[tuple[str, Any], tuple[float, float, int]] = {}
@@ -163,13 +231,36 @@ def accuracy_tables(rows: list[dict[str, Any]], protocol: str = "few-shot") -> d
                 v = [r["acc"] for r in rs if r["dataset"] == ds and r["shots"] == k]
                 if v:
                     cells[(ds, k)] = (*mean_std(v), len(v))
-        avg = {}
+        avg, avg_std = {}, {}
         for k in shots:
             means = [c[0] for (ds, kk), c in cells.items() if kk == k]
             avg[k] = mean(means)
+            avg_std[k] = seed_spread([r for r in rs if r["shots"] == k], "acc")
         out[method] = {"shots": shots, "datasets": _order([r["dataset"] for r in rs]), "cells": cells,
-                       "average": avg}
+                       "average": avg, "average_std": avg_std}
     return out
+
+
+def _per_seed(rows: list[dict[str, Any]], key: str) -> list[float]:
+    """Per seed (first-seen order), the mean over datasets of ``row[key]``; only seeds with a row for every
+    dataset count (a seed missing a dataset would average other datasets)."""
+    datasets = _order([r["dataset"] for r in rows])
+    out = []
+    for seed in _order([r["seed"] for r in rows]):
+        vals = {r["dataset"]: r[key] for r in rows if r["seed"] == seed}
+        if len(vals) == len(datasets) and None not in vals.values():
+            out.append(mean(vals.values()))
+    return out
+
+
+def _spread(values: list[float]) -> tuple[float, int] | None:
+    return (stdev(values), len(values)) if len(values) > 1 else None
+
+
+def seed_spread(rows: list[dict[str, Any]], key: str) -> tuple[float, int] | None:
+    """``(std, n)``: the sample std over the ``n`` seeds of the per-seed mean over datasets of ``row[key]``
+    (seeds with every dataset only); None with fewer than 2 such seeds (no spread to show)."""
+    return _spread(_per_seed(rows, key))
 
 
 def _md(header: list[str], body: list[list[str]]) -> str:
@@ -190,24 +281,42 @@ def _kname(k: Any) -> str:
     return "all" if k is None else str(k)
 
 
+#: a value a method does not have (the linear probe's N and H)
+NA = "n/a"
+
+
+def _na(v: float | None, digits: int = 2, missing: str = NA) -> str:
+    return missing if v is None else f"{v:.{digits}f}"
+
+
+def _pm_na(m: float | None, s: float | None, n: int) -> str:
+    return NA if m is None else _pm(m, s or 0.0, n)
+
+
+def _shots_title(k: Any) -> str:
+    return "zero-shot: no training images" if k == 0 else f"{_kname(k)} shots"
+
+
 def render_base2new(tables: dict[tuple[str, Any], dict[str, Any]]) -> dict[str, str]:
     """Markdown (per-method tables + side-by-side comparison) and CSVs (long + comparison)."""
     md = ["# Base-to-new generalisation\n",
-          "B, N: mean ± std over seeds; H = HM(mean B, mean N) (± std of the per-seed H); "
-          "average row: mean of the datasets' B and N, H of those averages.\n"]
+          "B, N: mean ± std over seeds (the mean alone for one seed); H = HM(mean B, mean N) (± std of the "
+          "per-seed H); average row: mean of the datasets' B and N, H of those averages; "
+          f"{NA}: not available (a base-only method such as the linear probe has no new-class weights).\n"]
     long_rows: list[list[Any]] = []
     for (method, shots), t in tables.items():
-        body = [[r["dataset"], _pm(r["base"], r["base_std"]), _pm(r["new"], r["new_std"]),
-                 _pm(r["hm"], r["hm_std"]), str(r["seeds"])] for r in t["rows"]]
+        body = [[r["dataset"], _pm(r["base"], r["base_std"], r["seeds"]), _pm_na(r["new"], r["new_std"], r["seeds"]),
+                 _pm_na(r["hm"], r["hm_std"], r["seeds"]), str(r["seeds"])] for r in t["rows"]]
         a = t["average"]
-        body.append(["**average**", f"{a['base']:.2f}", f"{a['new']:.2f}", f"{a['hm']:.2f}", ""])
-        md += [f"## {method} ({_kname(shots)} shots)\n", _md(["dataset", "base", "new", "H", "seeds"], body)]
+        body.append(["**average**", f"{a['base']:.2f}", _na(a["new"]), _na(a["hm"]), ""])
+        md += [f"## {method} ({_shots_title(shots)})\n", _md(["dataset", "base", "new", "H", "seeds"], body)]
         for r in t["rows"]:
-            long_rows.append([method, _kname(shots), r["dataset"], f"{r['base']:.4f}", f"{r['base_std']:.4f}",
-                              f"{r['new']:.4f}", f"{r['new_std']:.4f}", f"{r['hm']:.4f}", f"{r['hm_std']:.4f}",
-                              r["seeds"]])
-        long_rows.append([method, _kname(shots), "average", f"{a['base']:.4f}", "", f"{a['new']:.4f}", "",
-                          f"{a['hm']:.4f}", "", ""])
+            n = r["seeds"]
+            long_rows.append([method, _kname(shots), r["dataset"], f"{r['base']:.4f}", _std(r["base_std"], n),
+                              _na(r["new"], 4, ""), _std(r["new_std"] or 0.0, n) if r["new"] is not None else "",
+                              _na(r["hm"], 4, ""), _std(r["hm_std"] or 0.0, n) if r["hm"] is not None else "", n])
+        long_rows.append([method, _kname(shots), "average", f"{a['base']:.4f}", "", _na(a["new"], 4, ""), "",
+                          _na(a["hm"], 4, ""), "", ""])
     # side by side: one row per dataset, B/N/H per method
     keys = list(tables)
     names = [m if sum(1 for mm, _ in keys if mm == m) == 1 else f"{m}@{_kname(k)}" for m, k in keys]
@@ -219,14 +328,14 @@ def render_base2new(tables: dict[tuple[str, Any], dict[str, Any]]) -> dict[str, 
         for key in keys:
             t = tables[key]
             r = t["average"] if ds == "average" else next((x for x in t["rows"] if x["dataset"] == ds), None)
-            row += [f"{r[c]:.2f}" for c in ("base", "new", "hm")] if r else ["", "", ""]
+            row += [_na(r[c]) for c in ("base", "new", "hm")] if r else ["", "", ""]
         cmp_body.append(row)
     md += ["## Method comparison\n", _md(header, cmp_body)]
     return {
         "base2new.md": "\n".join(md),
         "base2new.csv": _csv(["method", "shots", "dataset", "base", "base_std", "new", "new_std", "hm", "hm_std",
                               "seeds"], long_rows),
-        "base2new_compare.csv": _csv(header, [[c.strip("*") for c in r] for r in cmp_body]),
+        "base2new_compare.csv": _csv(header, [[c.strip("*").replace(NA, "") for c in r] for r in cmp_body]),
     }
 
 
@@ -242,9 +351,9 @@ def render_accuracy(tables: dict[str, dict[str, Any]], protocol: str = "few-shot
             row = [ds]
             for k in t["shots"]:
                 c = t["cells"].get((ds, k))
-                row.append(_pm(c[0], c[1]) if c else "")
+                row.append(_pm(*c) if c else "")
                 if c:
-                    long_rows.append([method, ds, _kname(k), f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+                    long_rows.append([method, ds, _kname(k), f"{c[0]:.4f}", _std(c[1], c[2]), c[2]])
             body.append(row)
         body.append(["**average**"] + [f"{t['average'][k]:.2f}" for k in t["shots"]])
         for k in t["shots"]:
@@ -294,9 +403,9 @@ def render_multitask_tasks(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
             row = [group, task]
             for k in t["shots"]:
                 c = t["cells"].get((group, task, k))
-                row.append(_pm(c[0], c[1]) if c else "")
+                row.append(_pm(*c) if c else "")
                 if c:
-                    long_rows.append([method, group, task, _kname(k), f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+                    long_rows.append([method, group, task, _kname(k), f"{c[0]:.4f}", _std(c[1], c[2]), c[2]])
             body.append(row)
         md += [f"## {method}\n", _md(header, body)]
     return {"multitask_tasks.md": "\n".join(md),
@@ -339,7 +448,8 @@ def render_multitask_base2new_tasks(tables: dict[str, dict[str, Any]]) -> dict[s
             row = [group, task]
             for k in t["shots"]:
                 c = t["cells"].get((group, task, k))
-                row += ([_pm(c["base"], c["base_std"]), _pm(c["new"], c["new_std"]), f"{c['hm']:.2f}"]
+                row += ([_pm(c["base"], c["base_std"], c["seeds"]), _pm(c["new"], c["new_std"], c["seeds"]),
+                         f"{c['hm']:.2f}"]
                         if c else ["", "", ""])
                 if c:
                     long_rows.append([method, group, task, _kname(k), f"{c['base']:.4f}", f"{c['new']:.4f}",

@@ -168,7 +168,9 @@ class Sweep:
         validate_sweep(self)
 
     def expand(self) -> list[SweepRun]:
-        """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant.
+        """All runs of the grid: protocol × method × dataset × shots × seed × preset × override variant,
+        less repeats of one configuration (:func:`config_fingerprint`: a zero-shot run stands for every shot
+        count; it keeps the first one's id).
 
         ``vtab`` runs have no shots and no seed axis: one run per method × dataset × preset × variant
         trains the lr × wd grid and every seed of ``seeds``.
@@ -219,11 +221,42 @@ class Sweep:
                                         targets=self._targets(protocol, ds), prune=prune,
                                         pretrained=self.pretrained, quick_gelu=self.quick_gelu,
                                     ))
+        seen: set[str] = set()
+        unique = []
+        for r in runs:  # zero-shot once, not once per shot count: it reads no training images
+            fp = config_fingerprint(r)
+            if fp not in seen:
+                seen.add(fp)
+                unique.append(r)
+        runs = unique
         ids = [r.id for r in runs]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ConfigError(f"sweep expands to duplicate run ids {dup[:3]}; give the datasets distinct labels")
         return runs
+
+
+def config_fingerprint(run: SweepRun) -> str:
+    """A hash of everything that determines a run's results: all its fields but the id, the folder, the
+    feature-cache folder and the logging options, and, for a method that reads no training images
+    (zero-shot, :func:`vlprompt.methods.base.reads_training_data`), not the shot count either.
+    :meth:`Sweep.expand` keeps the first run of each fingerprint, so zero-shot runs once per dataset and seed
+    whatever the ``shots`` list.
+
+    Example:
+        >>> run = parse_sweep({"methods": ["zeroshot"], "datasets": ["tiny/shapes"], "shots": [1]}).expand()[0]
+        >>> config_fingerprint(run) == config_fingerprint(dataclasses.replace(run, shots=16, id="x", out="y"))
+        True
+    """
+    from ..methods import reads_training_data  # registers the methods (imports torch)
+
+    d = dataclasses.asdict(run)
+    for key in ("id", "out", "cache_dir"):
+        d.pop(key)
+    d["train_options"] = {k: v for k, v in run.train_options.items() if k != "cache_dir" and k not in LOGGING_OPTIONS}
+    if not reads_training_data(run.method):
+        d["shots"] = None
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def options_hash(method_options: dict[str, Any], train_options: dict[str, Any]) -> str:
