@@ -144,6 +144,10 @@ def test_reading_lines_one_seed_and_no_reference():
     assert lines[0] == "Base accuracy rises above zero-shot's 40.0 for coop 80.0 (+40.0) (one seed: no noise estimate)."
     assert "Base accuracy equals zero-shot's 40.0 for kgcoop 40.0 (+0.0)." in lines
     assert reading_lines({"coop": per_seed["coop"]}, {"coop": avg["coop"]}) == []
+    # N below zero-shot where B fell too is no trade-off
+    per_seed, avg = _seeds(zeroshot=[(40, 50)], maple=[(39, 49)])
+    assert reading_lines(per_seed, avg)[1] == ("New-class accuracy falls below zero-shot's 50.0 for maple 49.0 (-1.0) "
+                                               "(one seed: no noise estimate).")
 
 
 def test_summarise_averages_over_tasks_then_seeds():

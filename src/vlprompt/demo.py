@@ -436,6 +436,7 @@ def reading_lines(per_seed: dict[str, list[dict[str, float | None]]], average: d
         v = float(average[m][key])  # type: ignore[arg-type]
         return f"{m} {v:.1f} ({v - base_value:+.1f})"
 
+    base_eff: dict[str, int] = {}
     verbs = {("base", 1): "rises above", ("base", -1): "falls below", ("new", 1): "rises above",
              ("new", -1): "falls below"}
     for key, what in (("base", "Base accuracy"), ("new", "New-class accuracy")):
@@ -444,11 +445,14 @@ def reading_lines(per_seed: dict[str, list[dict[str, float | None]]], average: d
             continue
         eff = {m: _effect(diffs(m, key)) for m in group}
         r = float(ref[key])  # type: ignore[arg-type]
+        if key == "base":
+            base_eff = eff
         for sign in (1, -1):
             ms = [m for m in group if eff[m] == sign]
-            if ms:
-                tail = (": the base-new trade-off, the prompts fit the base classes at the cost of the unseen ones"
-                        if key == "new" and sign == -1 else "")
+            if ms:  # the trade-off: N falls where B rose (every method named)
+                traded = key == "new" and sign == -1 and all(base_eff.get(m) == 1 for m in ms)
+                tail = ": the base-new trade-off, the prompts fit the base classes at the cost of the unseen ones" \
+                    if traded else ""
                 lines.append(f"{what} {verbs[(key, sign)]} zero-shot's {r:.1f}{where} for "
                              f"{_join([fmt(m, key, r) for m in ms])}{_seed_note(n)}{tail}.")
         flat = [m for m in group if eff[m] == 0]
