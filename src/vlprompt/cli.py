@@ -261,17 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only names matching this shell pattern, e.g. 'ViT-B-*' or 'timm:vit_base*'")
     p.add_argument("--no-timm", action="store_true", help="open_clip architectures only")
 
-    p = sub.add_parser("demo", help="base-to-new on the whole tiny suite: zero-shot, linear probe and every "
-                                    "text-prompt method (tiny-clip, one seed; report + bar plot)")
+    p = sub.add_parser("demo", help="the papers' story in one run: base-to-new with real pretrained weights "
+                                    "(effnet-minilm) on the real suite for zero-shot, linear probe, CoOp, CoCoOp, "
+                                    "KgCoOp and each +DePT, then MaPLe / VPT / E2VPT on tiny-clip; tables, reading "
+                                    "lines, report + bar plots (falls back to tiny-clip without the real weights)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--backbone", default="tiny-clip")
+    p.add_argument("--backbone", default=None,
+                   help="run one part on this backbone instead of the default plan (e.g. tiny-clip)")
     p.add_argument("--weights", default=None, help="backbone weights (default: the embedded ones)")
     p.add_argument("--pretrained", metavar="TAG", help="pretrained tag instead of --weights (see `vlprompt backbones`)")
     _add_quick_gelu(p)
     p.add_argument("--methods", default=None,
-                   help="comma-separated methods (default: zeroshot,linear-probe,coop,cocoop,kgcoop,maple)")
-    p.add_argument("--tasks", default=None, help="comma-separated tiny/<task> names (default: the suite's base tasks)")
-    p.add_argument("--seed", type=int, default=1)
+                   help="comma-separated methods: one part with these (default: the plan's; with --backbone: "
+                        "zeroshot,linear-probe,coop,cocoop,kgcoop,maple)")
+    p.add_argument("--tasks", default=None, help="comma-separated datasets, e.g. tiny/shapes or real/digits: one part "
+                                                 "(default backbone tiny-clip for tiny/ tasks, else effnet-minilm)")
+    p.add_argument("--seed", type=int, default=None, help="one seed for every part")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds for every part (default: real part 1,2,3; "
+                                                 "tiny-clip parts 1)")
     p.add_argument("--epochs", type=int, default=None, help="override the 10 training epochs (quick checks)")
     p.add_argument("--suite", default=".", help="tiny suite folder (default: the cache, generated on first use)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each (default 2)")
@@ -539,10 +546,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    kw = {"methods": methods} if methods else {}
-    res = run_demo(args.out, backbone=args.backbone, weights=args.weights, pretrained=args.pretrained,
-                   quick_gelu=args.quick_gelu, tasks=tasks, seed=args.seed,
-                   epochs=args.epochs, root=args.suite, workers=args.workers, **kw)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    elif args.seed is not None:
+        seeds = [args.seed]
+    res = run_demo(args.out, backbone=args.backbone, weights=args.weights, methods=methods, tasks=tasks, seeds=seeds,
+                   epochs=args.epochs, root=args.suite, workers=args.workers, pretrained=args.pretrained,
+                   quick_gelu=args.quick_gelu)
     print("\n" + res["table"])
     print(f"\nreport: {Path(args.out) / 'demo.md'}; run directories under {args.out}/")
 
