@@ -153,7 +153,7 @@ def test_every_command_help_states_its_defaults(capsys):
         main(["few-shot", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for part in ("--shots-list SHOTS_LIST [SHOTS_LIST ...] (default: 1 2 4 8 16)", "(default: 1 2 3)",
-                 "timm:<ViT> (default: tiny-clip)", "(default: 10, or the --preset's value)"):
+                 "lists them) (default: tiny-clip)", "(default: 10, or the --preset's value)"):
         assert part in text, part
 
 
@@ -342,8 +342,8 @@ def test_model_kwargs_from_the_cli_reach_timm_and_the_run(shapes_root, cache_dir
     assert tok["backbone"]["model_kwargs"] == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
                                                "num_heads": 2}  # parsed as YAML: ints
     assert avg["backbone"]["model_kwargs"]["global_pool"] == "avg" and tok["fingerprint"] != avg["fingerprint"]
-    bb_tok = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", tok["backbone"]["model_kwargs"])
-    bb_avg = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", avg["backbone"]["model_kwargs"])
+    bb_tok = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", model_kwargs=tok["backbone"]["model_kwargs"])
+    bb_avg = get_backbone("timm:vit_tiny_patch16_224", None, False, "cpu", model_kwargs=avg["backbone"]["model_kwargs"])
     assert bb_avg.model.global_pool == "avg" and bb_tok.model.global_pool == "token"
     from vlprompt import load_dataset
 
