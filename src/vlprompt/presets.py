@@ -50,6 +50,9 @@ PRESETS: dict[str, dict[str, Preset]] = {
                      "train": {"epochs": 2, "batch_size": 4, "lr": 0.0026}},
         "dept": {"method": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}, "train": dict(_DEPT_TRAIN)},
     },
+    # CLIP-Adapter ships no config: its README runs clip_adapter.py with CoOp's command, i.e. CoOp's few-shot
+    # rn50 config (SGD lr 0.002, batch 32, cosine, 1 constant warm-up epoch at 1e-5; epochs by shots as CoOp's)
+    "clip-adapter": {"paper": {"method": {"ratio": 0.2, "reduction": 4}, "train": {"batch_size": 32, "lr": 0.002}}},
 }
 
 # SoftCPT (configs/trainers/MTCoOp/rn50_ep50.yaml): SGD lr 0.002, 50 epochs, batch 32, cosine, 1 warm-up epoch
@@ -91,6 +94,8 @@ for _name, _table in PRESETS.items():
     elif "paper" in _table:
         _table["reference"] = {"method": {**_table["paper"]["method"], **_own},
                                "train": {**_table["paper"]["train"], **_REFERENCE_TRAIN}}
+# CLIP-Adapter's trainer casts CLIP to fp32 (``clip_model.float()``) before building the model: it trains in fp32
+PRESETS["clip-adapter"]["reference"]["train"]["precision"] = "fp32"
 # VPT / E2VPT (configs/base-prompt.yaml): SGD momentum 0.9, 100 epochs, batch 128, 10 warm-up epochs, cosine,
 # weight decay 1e-4, fp32; the lr comes from the grid (vlprompt vtab) or the user.
 _VPT_TRAIN = {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "warmup_epochs": 10,
@@ -131,6 +136,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
         known = {m: sorted(p) for m, p in PRESETS.items()}
         raise ConfigError(f"no preset {preset!r} for method {base!r}; presets: {known}")
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
-    if base == "coop" and preset in ("paper", "reference"):
+    if base in ("coop", "clip-adapter") and preset in ("paper", "reference"):
         chosen["train"]["epochs"] = coop_epochs(shots, dataset)
     return chosen
