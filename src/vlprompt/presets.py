@@ -53,6 +53,16 @@ PRESETS: dict[str, dict[str, Preset]] = {
     # CLIP-Adapter ships no config: its README runs clip_adapter.py with CoOp's command, i.e. CoOp's few-shot
     # rn50 config (SGD lr 0.002, batch 32, cosine, 1 constant warm-up epoch at 1e-5; epochs by shots as CoOp's)
     "clip-adapter": {"paper": {"method": {"ratio": 0.2, "reduction": 4}, "train": {"batch_size": 32, "lr": 0.002}}},
+    # IVLP (MaPLe repository, configs/trainers/IVLP): base-to-new `vit_b16_c2_ep5_batch4_2+2ctx`, and the deep
+    # language-only `vit_b16_c2_ep5_batch4_4ctx_language_only` (4 text tokens, no visual prompts, lr 0.0025)
+    "ivlp": {
+        "paper": {"method": {"n_ctx_text": 2, "n_ctx_vision": 2, "ctx_init": "a photo of a",
+                             "prompt_depth_text": 12, "prompt_depth_vision": 12},
+                  "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}},
+        "paper-language": {"method": {"n_ctx_text": 4, "n_ctx_vision": 0, "ctx_init": "a photo of a",
+                                      "prompt_depth_text": 12, "prompt_depth_vision": 0},
+                           "train": {"epochs": 5, "batch_size": 4, "lr": 0.0025}},
+    },
 }
 
 # SoftCPT (configs/trainers/MTCoOp/rn50_ep50.yaml): SGD lr 0.002, 50 epochs, batch 32, cosine, 1 warm-up epoch
