@@ -223,3 +223,17 @@ def test_cli_methods_and_one_epoch_train(shapes_root, cache_dir, tmp_path, capsy
     assert main(["train", "--method", "ivlp", "--dataset", "imagefolder", "--root", str(shapes_root),
                  "--out", str(tmp_path / "bad")]) == 2  # depth 12 on tiny-clip
     assert "prompt_depth_text=12 exceeds" in capsys.readouterr().err
+
+
+def test_language_only_trains_on_cached_features_and_round_trips(tiny_bb, shapes_root, cache_dir, tmp_path):
+    task = vp.load_dataset("imagefolder", shapes_root, shots=4, seed=1)
+    vp.seed_everything(1)
+    model = vp.build_method("ivlp", tiny_bb, task.classnames, n_ctx_text=4, n_ctx_vision=0, prompt_depth_text=3,
+                            prompt_depth_vision=0)
+    res = vp.fit(model, task, epochs=1, lr=0.0025, batch_size=4, feature_views=2, cache_dir=cache_dir,
+                 run_dir=str(tmp_path / "run"))
+    assert res["feature_views"] == 2 and math.isfinite(res["final_loss"])  # the cached-feature path
+    loaded = vp.load_prompt(tmp_path / "run", tiny_bb)
+    assert loaded.visual_ctx is None and set(loaded.prompt_state_dict()) == {"ctx", "deep_text_ctx"}
+    assert torch.equal(loaded.deep_text_ctx, model.deep_text_ctx)
+    assert vp.evaluate(loaded, task.test, cache_dir=cache_dir) == pytest.approx(res["acc"])
