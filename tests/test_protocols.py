@@ -43,7 +43,8 @@ def test_presets():
 
 def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
     """The reference pattern: the paper configuration, fp16 CLIP on a GPU / fp32 on CPU, no feature cache,
-    and the reference's own rules (KgCoOp fp16 targets, DAPT loss switch + Grad-CAM rule); VPT in fp32."""
+    and the reference's own rules (KgCoOp fp16 targets, DAPT loss switch + Grad-CAM rule);
+    VPT and CLIP-Adapter in fp32."""
     import torch
 
     from vlprompt.engine.config import TrainConfig
@@ -57,8 +58,8 @@ def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
         ref = resolve_preset(name, "reference", shots=16, dataset="dtd")
         TrainConfig.from_kwargs(**ref["train"])
         assert ref["train"]["feature_views"] == 0, name
-        vision = name.startswith(("vpt", "e2vpt"))
-        assert ref["train"]["precision"] == ("fp32" if vision else "fp16-gpu"), name
+        fp32 = name.startswith(("vpt", "e2vpt")) or name == "clip-adapter"  # clip_adapter.py: clip_model.float()
+        assert ref["train"]["precision"] == ("fp32" if fp32 else "fp16-gpu"), name
         if name in ("dapt", "dapt-g"):
             assert ref["method"]["loss_schedule"] == "reference" and ref["method"]["gradcam_rule"] == "reference"
             continue

@@ -50,6 +50,19 @@ PRESETS: dict[str, dict[str, Preset]] = {
                      "train": {"epochs": 2, "batch_size": 4, "lr": 0.0026}},
         "dept": {"method": {"n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}, "train": dict(_DEPT_TRAIN)},
     },
+    # CLIP-Adapter ships no config: its README runs clip_adapter.py with CoOp's command, i.e. CoOp's few-shot
+    # rn50 config (SGD lr 0.002, batch 32, cosine, 1 constant warm-up epoch at 1e-5; epochs by shots as CoOp's)
+    "clip-adapter": {"paper": {"method": {"ratio": 0.2, "reduction": 4}, "train": {"batch_size": 32, "lr": 0.002}}},
+    # IVLP (MaPLe repository, configs/trainers/IVLP): base-to-new `vit_b16_c2_ep5_batch4_2+2ctx`, and the deep
+    # language-only `vit_b16_c2_ep5_batch4_4ctx_language_only` (4 text tokens, no visual prompts, lr 0.0025)
+    "ivlp": {
+        "paper": {"method": {"n_ctx_text": 2, "n_ctx_vision": 2, "ctx_init": "a photo of a",
+                             "prompt_depth_text": 12, "prompt_depth_vision": 12},
+                  "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035}},
+        "paper-language": {"method": {"n_ctx_text": 4, "n_ctx_vision": 0, "ctx_init": "a photo of a",
+                                      "prompt_depth_text": 12, "prompt_depth_vision": 0},
+                           "train": {"epochs": 5, "batch_size": 4, "lr": 0.0025}},
+    },
 }
 
 # SoftCPT (configs/trainers/MTCoOp/rn50_ep50.yaml): SGD lr 0.002, 50 epochs, batch 32, cosine, 1 warm-up epoch
@@ -95,6 +108,8 @@ for _name, _table in PRESETS.items():
 # on CUDA; the probe's defaults are lpclip's search (8 bisection rounds, 1000 iterations); the 10 repeats are
 # the protocol's (few_shot(repeats=10) / --repeats 10).
 PRESETS["linear-probe"] = {"reference": {"method": {}, "train": {"precision": "fp16-gpu"}}}
+# CLIP-Adapter's trainer casts CLIP to fp32 (``clip_model.float()``) before building the model: it trains in fp32
+PRESETS["clip-adapter"]["reference"]["train"]["precision"] = "fp32"
 # VPT / E2VPT (configs/base-prompt.yaml): SGD momentum 0.9, 100 epochs, batch 128, 10 warm-up epochs, cosine,
 # weight decay 1e-4, fp32; the lr comes from the grid (vlprompt vtab) or the user.
 _VPT_TRAIN = {"epochs": 100, "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "warmup_epochs": 10,
@@ -135,6 +150,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
         known = {m: sorted(p) for m, p in PRESETS.items()}
         raise ConfigError(f"no preset {preset!r} for method {base!r}; presets: {known}")
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
-    if base == "coop" and preset in ("paper", "reference"):
+    if base in ("coop", "clip-adapter") and preset in ("paper", "reference"):
         chosen["train"]["epochs"] = coop_epochs(shots, dataset)
     return chosen
