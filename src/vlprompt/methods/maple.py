@@ -32,7 +32,7 @@ from torch import nn
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
 from .base import PromptMethod, TrainingPlan, register_method
-from .prompting import ClassPrompts, check_text_tokens, phrase_length
+from .prompting import ClassPrompts, check_text_tokens, phrase_context
 
 
 @dataclass(frozen=True)
@@ -119,18 +119,7 @@ class MaPLe(PromptMethod):
 
     @staticmethod
     def _init_ctx(backbone: Backbone, config: MaPLeConfig) -> torch.Tensor:
-        n = config.n_ctx
-        if not config.ctx_init:
-            return torch.randn(n, backbone.text_width) * 0.02
-        length = phrase_length(backbone, config.ctx_init)
-        if n > length:
-            raise ConfigError(
-                f"maple n_ctx={n} exceeds the {length} tokens of ctx_init {config.ctx_init!r}; "
-                "use a longer phrase or ctx_init='' (random init)"
-            )
-        tok = backbone.tokenize([config.ctx_init])
-        with torch.no_grad():
-            return backbone.embed(tok)[0, 1 : 1 + n].detach().float().cpu().clone()
+        return phrase_context(backbone, config.n_ctx, config.ctx_init, "maple n_ctx")
 
     # ------------------------------------------------------------------ prompts
     def set_classnames(self, classnames: list[str]) -> None:

@@ -62,6 +62,20 @@ def init_context(backbone: Backbone, n_ctx: int, init: str | None, std: float = 
     return torch.randn(n_ctx, backbone.text_width) * std
 
 
+def phrase_context(backbone: Backbone, n_ctx: int, init: str, what: str, std: float = 0.02) -> torch.Tensor:
+    """MaPLe / IVLP context ``(n_ctx, width)``: the first ``n_ctx`` token embeddings of ``init``, or
+    N(0, std²) without a phrase. ``what`` names the option in the error (e.g. ``"maple n_ctx"``)."""
+    if not init:
+        return torch.randn(n_ctx, backbone.text_width) * std
+    length = phrase_length(backbone, init)
+    if n_ctx > length:
+        raise ConfigError(f"{what}={n_ctx} exceeds the {length} tokens of ctx_init {init!r}; "
+                          "use a longer phrase or ctx_init='' (random init)")
+    tok = backbone.tokenize([init])
+    with torch.no_grad():
+        return backbone.embed(tok)[0, 1 : 1 + n_ctx].detach().float().cpu().clone()
+
+
 class ClassPrompts(nn.Module):
     """Frozen per-class token buffers and the gather that assembles full prompts.
 
