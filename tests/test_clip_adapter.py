@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vlprompt as vp
+from dept_reference import dept_loss
 from numerics import assert_fp32_close
 from vlprompt.cli import main
 from vlprompt.errors import ConfigError
@@ -127,12 +127,9 @@ def test_dept_wraps_clip_adapter(tiny_bb, shapes_root, cache_dir):
     feats = tiny_bb.encode_image(torch.randn(4, 3, 64, 64)).detach()
     labels = torch.tensor([0, 1, 2, 0])
     out = model.train_outputs({"features": feats, "labels": labels})
-    lam = 0.7
-    z_txt = model.head(model.film_text(model.inner.class_features[labels]))
-    z_img = model.head(model.film_img(feats))
-    cat_ce = F.cross_entropy(torch.cat([z_txt, z_img]), torch.cat([labels, labels]))
-    ce = F.cross_entropy(model.inner.logits_from_features(feats), labels)
-    assert_fp32_close(out["loss"], (1 - lam) * ce + lam * cat_ce)
+    expected = dept_loss(model, model.inner.logits_from_features(feats), feats, model.inner.class_features, labels,
+                         weight=0.7)
+    assert_fp32_close(out["loss"], expected)
     res = vp.fit(model, task, epochs=1, lr=0.002, batch_size=4, cache_dir=cache_dir)
     assert math.isfinite(res["final_loss"]) and res["method"] == "clip-adapter+dept"
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt as vp
+from dept_reference import dept_loss
 from numerics import assert_fp32_close
 from vlprompt.cli import main
 from vlprompt.errors import ConfigError
@@ -196,15 +197,11 @@ def test_dept_wraps_ivlp(tiny_bb, shapes_root, cache_dir):
     images = torch.randn(4, 3, 64, 64)
     labels = torch.tensor([0, 1, 2, 0])
     out = model.train_outputs({"images": images, "labels": labels})
-    lam = 0.7
     with torch.no_grad():
         img = model.inner.encode_images(images)
-        text = model.inner.raw_text_features()
-        z_txt = model.head(model.film_text(text[labels]))
-        z_img = model.head(model.film_img(img))
-        cat_ce = F.cross_entropy(torch.cat([z_txt, z_img]), torch.cat([labels, labels]))
-        ce = F.cross_entropy(model.inner.logits_from_features(img), labels)
-    assert_fp32_close(out["loss"].detach(), (1 - lam) * ce + lam * cat_ce)
+        expected = dept_loss(model, model.inner.logits_from_features(img), img, model.inner.raw_text_features(),
+                             labels, weight=0.7)
+    assert_fp32_close(out["loss"].detach(), expected)
     res = vp.fit(model, task, epochs=1, lr=0.0035, batch_size=4, precision="fp32", cache_dir=cache_dir)
     assert math.isfinite(res["final_loss"]) and res["method"] == "ivlp+dept"
 
