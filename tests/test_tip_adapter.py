@@ -311,3 +311,29 @@ def test_cli_lists_and_trains_both(shapes_root, cache_dir, tmp_path, capsys):
     assert res_f["trainable_params"] == res_f["cache_size"] * loaded.backbone.embed_dim
     assert main(["train", "--method", "tip-adapter", "--dataset", "imagefolder", "--root", str(shapes_root),
                  "--out", str(tmp_path / "bad"), "-o", "augment_views=0"]) == 2
+
+
+def test_tip_adapter_f_resumed_run_ends_identical(tiny_bb, shapes_root, cache_dir, tmp_path):
+    """A run killed after its first epoch and resumed: the fit rebuilds the cache (and keeps val), the checkpoint
+    restores the trained keys, the search after training gives the same α/β and keys as an uninterrupted run."""
+    task = vp.load_dataset("imagefolder", shapes_root, shots=4, seed=1)
+    opts = dict(epochs=3, batch_size=4, lr=0.01, optimizer="adamw", weight_decay=0.01, warmup_epochs=0,
+                precision="fp32", cache_dir=cache_dir)
+    build = {"augment_views": 2, "search_step": (20, 5)}
+    whole = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
+    res_whole = vp.fit(whole, task, run_dir=str(tmp_path / "whole"), **opts)
+
+    class Kill(Exception):
+        pass
+
+    def kill_after_first(epoch, row):
+        raise Kill
+
+    first = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
+    with pytest.raises(Kill):
+        vp.fit(first, task, run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    second = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
+    res = vp.fit(second, task, run_dir=str(tmp_path / "resumed"), **opts)
+    assert torch.equal(second.cache_keys, whole.cache_keys)
+    assert (second.alpha, second.beta) == (whole.alpha, whole.beta) == (res_whole["alpha"], res_whole["beta"])
+    assert res["acc"] == res_whole["acc"] and res["searched"]
