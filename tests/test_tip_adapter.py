@@ -84,6 +84,8 @@ def test_cache_keys_and_logits_equal_the_reference_formula(tiny_bb):
     with torch.no_grad():
         ours = model.logits_from_features(raw)
     assert_fp32_close(ours, _reference_logits(f, keys, labels, text, 2.0, 3.0, 3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the run's autocast stays outside
+        assert torch.equal(model.logits_from_features(raw), ours)
     # the image path: forward(images) = the same logits on the frozen tower's features
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -228,11 +228,14 @@ class TipAdapter(PromptMethod):
     ) -> torch.Tensor:
         if text_features is None:
             text_features = self.text_features()
-        f = F.normalize(image_features.float(), dim=-1)
-        logits = self.clip_logits(f, text_features)
-        if self.cache_keys.shape[0] == 0:
-            return logits
-        return logits + cache_logits(f, self.cache_keys.float(), self.cache_values, self.beta) * self.alpha
+        # fp32 whatever the run's autocast: exp(-β(1 - A)) magnifies the affinity's rounding by β (up to 50
+        # in the reference's grids), and the α/β search ran in fp32 on the same formula
+        with torch.autocast(image_features.device.type, enabled=False):
+            f = F.normalize(image_features.float(), dim=-1)
+            logits = self.clip_logits(f, text_features.float())
+            if self.cache_keys.shape[0] == 0:
+                return logits
+            return logits + cache_logits(f, self.cache_keys.float(), self.cache_values, self.beta) * self.alpha
 
     # ---------------------------------------------------------------- the cache
     def fit_features(
