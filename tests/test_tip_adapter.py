@@ -339,3 +339,11 @@ def test_tip_adapter_f_resumed_run_ends_identical(tiny_bb, shapes_root, cache_di
     assert torch.equal(second.cache_keys, whole.cache_keys)
     assert (second.alpha, second.beta) == (whole.alpha, whole.beta) == (res_whole["alpha"], res_whole["beta"])
     assert res["acc"] == res_whole["acc"] and res["searched"]
+
+
+def test_training_plan_fit_views_is_checked():
+    assert TrainingPlan(fit_features="train", fit_views=4).fit_views == 4
+    with pytest.raises(ValueError, match="needs fit_features='train'"):
+        TrainingPlan(fit_features="test", fit_views=2)
+    with pytest.raises(ValueError, match="fit_views must be an integer >= 1"):
+        TrainingPlan(fit_features="train", fit_views=0)
