@@ -35,8 +35,10 @@ def matrix_names() -> list[str]:
 
     bases = [n for n in list_methods() if not n.startswith("+")]
     text_free = {b for b in bases if not getattr(get_method_class(b), "has_text_side", True)}
+    # a closed-form fit (linear probe, Tip-Adapter's cache) has no prompts for a plug-in: DePT refuses it
+    closed_form = {b for b in bases if get_method_class(b).plan.fit_features is not None}
     combos = [f"{b}+{p}" for p in _PLUGINS for b in bases
-              if b not in ("zeroshot", "linear-probe", *text_free) or b in TEXT_OPTION]
+              if b not in ("zeroshot", *closed_form, *text_free) or b in TEXT_OPTION]
     return bases + combos
 
 

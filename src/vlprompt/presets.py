@@ -85,6 +85,49 @@ _DAPT = {
 PRESETS["dapt"] = _DAPT
 PRESETS["dapt-g"] = _DAPT
 
+# Tip-Adapter (gaopengcuhk/Tip-Adapter configs/*.yaml, RN50, 16 shots): the cache averages 10 augmented views
+# (augment_epoch), the search grid has 200 beta x 20 alpha steps; init alpha / beta and the grid's upper ends
+# (search_scale [beta, alpha]) per dataset in TIP_ADAPTER_DATASETS. Tip-Adapter-F trains the keys with AdamW
+# (lr 0.001, eps 1e-4, PyTorch's weight decay 0.01), batch 256, cosine without warm-up, 20 epochs (EuroSAT 100).
+_TIP_METHOD = {"init_alpha": 1.17, "init_beta": 1.0, "search_scale": (7.0, 3.0), "search_step": (200, 20),
+               "augment_views": 10}
+PRESETS["tip-adapter"] = {"paper": {"method": dict(_TIP_METHOD), "train": {}}}
+PRESETS["tip-adapter-f"] = {"paper": {"method": {**_TIP_METHOD, "adam_eps": 1e-4},
+                                      "train": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01,
+                                                "batch_size": 256, "epochs": 20, "warmup_epochs": 0,
+                                                "scheduler": "cosine"}}}
+#: Per-dataset values of the reference's configs (canonical dataset names): method options, and Tip-Adapter-F's
+#: epochs where they differ from 20. Other datasets get the ImageNet values (the Config defaults).
+TIP_ADAPTER_DATASETS: dict[str, dict[str, Any]] = {
+    "caltech101": {"init_alpha": 3.0, "search_scale": (12.0, 5.0)},
+    "dtd": {"init_alpha": 2.0, "search_scale": (13.0, 13.0)},
+    "eurosat": {"init_alpha": 2.0, "search_scale": (12.0, 10.0), "epochs": 100},
+    "fgvc_aircraft": {"init_alpha": 5.0, "search_scale": (30.0, 30.0)},
+    "food101": {"init_alpha": 1.17, "search_scale": (10.0, 10.0)},
+    "imagenet": {"init_alpha": 1.17, "search_scale": (7.0, 3.0)},
+    "oxford_flowers": {"init_alpha": 10.0, "search_scale": (50.0, 50.0)},
+    "oxford_pets": {"init_alpha": 1.17, "search_scale": (7.0, 3.0)},
+    "stanford_cars": {"init_alpha": 3.0, "search_scale": (20.0, 10.0)},
+    "sun397": {"init_alpha": 1.17, "search_scale": (12.0, 10.0)},
+    "ucf101": {"init_alpha": 3.0, "search_scale": (7.0, 3.0)},
+}
+
+
+def tip_adapter_dataset(dataset: str) -> dict[str, Any]:
+    """The reference's per-dataset Tip-Adapter values for ``dataset`` (any registered spelling), ``{}`` if none.
+
+    Example:
+        >>> tip_adapter_dataset("FGVCAircraft")["search_scale"]
+        (30.0, 30.0)
+    """
+    from .data.registry import canonical_name
+
+    try:
+        name = canonical_name(dataset) if dataset else ""
+    except ConfigError:
+        name = dataset
+    return dict(TIP_ADAPTER_DATASETS.get(name, {}))
+
 
 #: The training pattern the reference code runs every method with (fp16 CLIP on a GPU, no feature cache).
 _REFERENCE_TRAIN = {"precision": "fp16-gpu", "feature_views": 0}
@@ -152,4 +195,10 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
     if base in ("coop", "clip-adapter") and preset in ("paper", "reference"):
         chosen["train"]["epochs"] = coop_epochs(shots, dataset)
+    if base in ("tip-adapter", "tip-adapter-f") and preset in ("paper", "reference"):  # the dataset's config
+        values = tip_adapter_dataset(dataset)
+        epochs = values.pop("epochs", None)
+        chosen["method"].update(values)
+        if epochs is not None and base == "tip-adapter-f":
+            chosen["train"]["epochs"] = epochs
     return chosen

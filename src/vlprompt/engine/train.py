@@ -325,11 +325,15 @@ def _fit_and_evaluate(ctx: RunContext) -> dict[str, Any]:
 
 def _fit_view(ctx: RunContext) -> torch.Tensor:
     """The cached training features of a closed-form fit: the plain view (``"test"``), or the run's
-    first augmented view (``"train"``: view 0 of the training views, seed and augmentation policies)."""
+    first augmented view (``"train"``: view 0 of the training views, seed and augmentation policies);
+    with ``plan.fit_views`` = V > 1 the views ``0 .. V-1`` stacked ``(V, n, D)``."""
     task = ctx.task
     if ctx.plan.fit_features == "test":
         return ctx.cache.get(task.train, "test")
-    return ctx.cache.get(task.train, "train", view=0, seed=ctx.cfg.seed, augment=train_policies(task, ctx.cfg))
+    policies = train_policies(task, ctx.cfg)
+    views = [ctx.cache.get(task.train, "train", view=v, seed=ctx.cfg.seed, augment=policies)
+             for v in range(ctx.plan.fit_views)]
+    return views[0] if ctx.plan.fit_views == 1 else torch.stack(views)
 
 
 def _prepare_inputs(ctx: RunContext) -> None:

@@ -56,6 +56,10 @@ class TrainingPlan:
             features of the training images in this view (``"train"``: augmented, ``"test"``:
             plain; ``val`` always plain), e.g. a closed-form classifier; ``None``: no such fit.
             Its dict goes into the results.
+        fit_views: with ``fit_features="train"``, how many augmented views the fit gets: 1 (default)
+            hands it view 0 as ``(n, D)``; ``V`` > 1 hands it views ``0 .. V-1`` stacked as
+            ``(V, n, D)`` (the same cached views the steps draw from), e.g. Tip-Adapter's cache, an
+            average over augmented views.
         before_epoch: call :meth:`PromptMethod.prepare_epoch` before every epoch (a resumed run
             calls it for the epochs it still trains).
         after_epoch: call :meth:`PromptMethod.end_epoch` after every epoch's steps, before its
@@ -69,6 +73,7 @@ class TrainingPlan:
     image_features: bool = True
     masks: MaskSource = "data"
     fit_features: FeatureView | None = None
+    fit_views: int = 1
     before_epoch: bool = False
     after_epoch: bool = False
     after_training: bool = False
@@ -82,6 +87,10 @@ class TrainingPlan:
             raise ValueError(f"TrainingPlan.masks must be 'data' or 'model', got {self.masks!r}")
         if self.fit_features not in (None, *typing.get_args(FeatureView)):
             raise ValueError(f"TrainingPlan.fit_features must be None, 'train' or 'test', got {self.fit_features!r}")
+        if isinstance(self.fit_views, bool) or not isinstance(self.fit_views, int) or self.fit_views < 1:
+            raise ValueError(f"TrainingPlan.fit_views must be an integer >= 1, got {self.fit_views!r}")
+        if self.fit_views > 1 and self.fit_features != "train":
+            raise ValueError("TrainingPlan: fit_views > 1 needs fit_features='train' (augmented views)")
 
     @property
     def trains(self) -> bool:
