@@ -93,7 +93,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"training epochs, warm-up included {_default('epochs')}")
     p.add_argument("--lr", type=float, help=f"base learning rate {_default('lr')}")
     p.add_argument("--batch-size", type=int, help=f"training batch size {_default('batch_size')}")
-    p.add_argument("--optimizer", help=f"sgd, adamw or adam {_default('optimizer')}")
+    p.add_argument("--optimizer", help=f"sgd, adamw, adam or adamw-hf {_default('optimizer')}")
     p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
     p.add_argument("--warmup-epochs", type=int, help=f"constant warm-up epochs {_default('warmup_epochs')}")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = none {_default('grad_clip')}")

@@ -24,7 +24,10 @@ class TrainConfig:
         epochs: number of epochs, the warm-up epoch included (Dassl ``MAX_EPOCH``).
         lr: base learning rate.
         batch_size: training batch size.
-        optimizer: ``sgd`` (momentum, Dassl default), ``adamw`` or ``adam``.
+        optimizer: ``sgd`` (momentum, Dassl default), ``adamw``, ``adam``, or ``adamw-hf``: the
+            HuggingFace-BERT AdamW that VPT's full fine-tuning uses (eps 1e-6, bias correction folded
+            into the step size, decoupled weight decay applied after the update; see
+            :class:`vlprompt.engine.schedule.AdamWHF`).
         momentum: SGD momentum.
         weight_decay: weight decay (applies to prompt vectors too, as in Dassl).
         warmup_epochs: constant warm-up epochs at ``warmup_lr`` (they count in ``epochs``).
@@ -53,7 +56,7 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 0.002
     batch_size: int = 32
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam", "adamw-hf"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
@@ -81,8 +84,8 @@ class TrainConfig:
             )
         if self.precision not in ("fp32", "bf16", "fp16", "auto", "fp16-gpu"):
             raise ConfigError(f"precision must be fp32, bf16, fp16, auto or fp16-gpu, got {self.precision!r}")
-        if self.optimizer not in ("sgd", "adamw", "adam"):
-            raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
+        if self.optimizer not in ("sgd", "adamw", "adam", "adamw-hf"):
+            raise ConfigError(f"optimizer must be sgd, adamw, adam or adamw-hf, got {self.optimizer!r}")
         if self.augment is not None and self.augment not in ("clip", "crop", "none"):
             raise ConfigError(f"augment must be clip, crop, none or unset, got {self.augment!r}")
         object.__setattr__(self, "log_to", normalize_log_to(self.log_to))
