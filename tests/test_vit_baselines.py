@@ -274,4 +274,6 @@ def test_grids_and_presets_are_the_references():
     assert (lin["optimizer"], lin["batch_size"], lin["epochs"], lin["warmup_epochs"], lin["weight_decay"]) == \
         ("sgd", 1024, 100, 10, 1e-4)
     assert resolve_preset("finetune", "reference")["train"]["precision"] == "fp32"
+    assert resolve_preset("finetune", "e2vpt")["train"] == {**resolve_preset("finetune", "paper")["train"],
+                                                            "batch_size": 224}
     assert resolve_preset("linear", "reference")["train"]["feature_views"] == 0

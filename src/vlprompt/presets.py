@@ -129,8 +129,11 @@ _FINETUNE_TRAIN = {"epochs": 100, "batch_size": 384, "optimizer": "adamw-hf", "w
                    "scheduler": "cosine", "weight_decay": 0.01}
 PRESETS["linear"] = {"paper": {"method": {}, "train": dict(_LINEAR_TRAIN)},
                      "reference": {"method": {}, "train": {**_LINEAR_TRAIN, "precision": "fp32", "feature_views": 0}}}
+# E2VPT's copy of base-finetune.yaml is the same except batch 224 ("original batch size is 384"); its per-task
+# VTAB finetune configs hold placeholder lr / wd that its tune_vtab.py overwrites with the grid's.
 PRESETS["finetune"] = {"paper": {"method": {}, "train": dict(_FINETUNE_TRAIN)},
-                       "reference": {"method": {}, "train": {**_FINETUNE_TRAIN, "precision": "fp32"}}}
+                       "reference": {"method": {}, "train": {**_FINETUNE_TRAIN, "precision": "fp32"}},
+                       "e2vpt": {"method": {}, "train": {**_FINETUNE_TRAIN, "batch_size": 224}}}
 
 #: Base learning rates of the lr × wd grid of VPT's tune scripts by method (``tune_vtab.py`` ``get_lrwd_range``,
 #: ``tune_fgvc.py`` ``linear_main`` / ``finetune_main``), for VTAB-1k and FGVC; methods not listed use the

@@ -26,7 +26,8 @@ the parameters ``encode_image`` uses). The engine needs nothing special: :meth:`
 (every parameter outside the frozen backbone) holds the copy's tower and the head, so the optimiser, the
 checkpoints and ``save_prompt`` cover them, and :meth:`total_parameters` counts the copy in place of the
 frozen tower (tuned % = 100 for a timm ViT). ``prompt.safetensors`` then holds the whole tower (fp32: about
-344 MB for ViT-B/16) and every epoch's checkpoint the tower plus AdamW's two moment tensors (about 1 GB);
+344 MB for ViT-B/16) and every epoch's checkpoint the tower plus AdamW's two moment tensors (about 1 GB;
+``checkpoint/`` keeps it and the previous one);
 loading it rebuilds the copy from the recorded backbone and overwrites the tower, which reproduces the
 logits exactly.
 

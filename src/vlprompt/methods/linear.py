@@ -25,7 +25,7 @@ features (``plan.steps = "image-features"``); ``feature_views=0`` encodes every 
 Example:
     >>> bb = vp.load_backbone("timm:vit_base_patch16_224.augreg_in21k", weights="imagenet21k_ViT-B_16.npz")
     >>> model = vp.build_method("linear", bb, task.classnames)
-    >>> vp.fit(model, task, preset="paper", lr=0.1 * 1024 / 256, weight_decay=1e-4)
+    >>> vp.fit(model, task, lr=0.1 * 1024 / 256, weight_decay=1e-4, batch_size=1024, epochs=100, warmup_epochs=10)
 """
 
 from __future__ import annotations
