@@ -277,3 +277,30 @@ def test_grids_and_presets_are_the_references():
     assert resolve_preset("finetune", "e2vpt")["train"] == {**resolve_preset("finetune", "paper")["train"],
                                                             "batch_size": 224}
     assert resolve_preset("linear", "reference")["train"]["feature_views"] == 0
+
+
+def test_linear_warmup_cosine_is_vpts_warmup_cosine_schedule():
+    """VPT's ``WarmupCosineSchedule`` (a LambdaLR stepped once per epoch), written out: the lr of every epoch,
+    and every parameter group scaled by its own lr (no constant warm-up value)."""
+    from vlprompt.engine.schedule import lr_at_epoch, set_epoch_lr
+
+    def vpt_lambda(step: int, warmup: int, total: int) -> float:
+        if step < warmup:
+            return float(step) / float(max(1.0, warmup))
+        progress = float(step - warmup) / float(max(1, total - warmup))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+    for warmup, total in ((10, 100), (5, 100), (0, 7), (3, 3)):
+        cfg = TrainConfig(lr=0.75, epochs=total, warmup_epochs=warmup, scheduler="linear-warmup-cosine")
+        assert [lr_at_epoch(cfg, e) for e in range(total)] == \
+            pytest.approx([0.75 * vpt_lambda(e, warmup, total) for e in range(total)], rel=1e-12, abs=0)
+    cfg = TrainConfig(lr=0.5, epochs=20, warmup_epochs=5, scheduler="linear-warmup-cosine")
+    w, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer([{"params": [w], "lr": 0.5}, {"params": [b], "lr": 2.0}], cfg)
+    assert set_epoch_lr(opt, cfg, 0) == 0.0 and [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+    set_epoch_lr(opt, cfg, 2)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5 * 2 / 5, 2.0 * 2 / 5])
+    with pytest.raises(ConfigError, match="scheduler"):
+        TrainConfig(scheduler="step")
+    for method in ("linear", "finetune"):
+        assert resolve_preset(method, "paper")["train"]["scheduler"] == "linear-warmup-cosine"

@@ -77,7 +77,7 @@ def _add_quick_gelu(p: argparse.ArgumentParser, what: str = "build the CLIP towe
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "lr", "batch_size", "optimizer", "precision", "feature_views", "cache_dir", "seed",
-            "device", "num_workers", "weight_decay", "warmup_epochs", "grad_clip", "log_to", "log_project")
+            "device", "num_workers", "weight_decay", "warmup_epochs", "scheduler", "grad_clip", "log_to", "log_project")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -95,7 +95,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help=f"training batch size {_default('batch_size')}")
     p.add_argument("--optimizer", help=f"sgd, adamw, adam or adamw-hf {_default('optimizer')}")
     p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
-    p.add_argument("--warmup-epochs", type=int, help=f"constant warm-up epochs {_default('warmup_epochs')}")
+    p.add_argument("--warmup-epochs", type=int,
+                   help=f"warm-up epochs (constant at 1e-5, or linear with --scheduler linear-warmup-cosine) "
+                        f"{_default('warmup_epochs')}")
+    p.add_argument("--scheduler", choices=["cosine", "constant", "linear-warmup-cosine"],
+                   help="after Dassl's constant warm-up: cosine or constant; linear-warmup-cosine = VPT's schedule "
+                        f"{_default('scheduler')}")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = none {_default('grad_clip')}")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto", "fp16-gpu"],
                    help=f"auto = bf16 where supported; fp16-gpu = fp16 on CUDA, fp32 elsewhere {_default('precision')}")

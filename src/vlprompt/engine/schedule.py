@@ -14,8 +14,16 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
 
     Warm-up epochs run at ``warmup_lr``; afterwards the cosine restarts its count
     (Dassl ``WARMUP_RECOUNT``): ``lr · ½(1 + cos(π (e - w) / epochs))``.
+
+    ``scheduler="linear-warmup-cosine"`` (VPT's ``WarmupCosineSchedule``, stepped once per epoch): ``lr · e / w``
+    for ``e < w``, then ``lr · max(0, ½(1 + cos(π (e - w) / max(1, epochs - w))))``.
     """
     w = cfg.warmup_epochs
+    if cfg.scheduler == "linear-warmup-cosine":
+        if epoch < w:
+            return cfg.lr * epoch / max(1, w)
+        progress = (epoch - w) / max(1, cfg.epochs - w)
+        return cfg.lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     if epoch < w:
         return cfg.warmup_lr
     if cfg.scheduler == "constant":
@@ -94,7 +102,8 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch: int)
     """Set every group's learning rate for ``epoch`` (scaled groups keep their ``lr_scale``
     after warm-up, e.g. DePT's head at ×6.5); returns the base value."""
     lr = lr_at_epoch(cfg, epoch)
-    warmup = epoch < cfg.warmup_epochs  # Dassl's constant warm-up sets every group to warmup_lr
+    # Dassl's constant warm-up sets every group to warmup_lr; a linear warm-up scales every group's own lr
+    warmup = epoch < cfg.warmup_epochs and cfg.scheduler != "linear-warmup-cosine"
     for g in optimizer.param_groups:
         g["lr"] = lr if warmup else lr * g.get("lr_scale", 1.0)
     return lr

@@ -17,7 +17,8 @@ ViT runs in training mode (its dropout acts)::
   (``optimizer="adamw-hf"``: eps 1e-6, decay applied after the update), weight decay on every parameter
   except those whose name contains ``bias`` (VPT's ``no_decay`` rule; its ``LayerNorm.*`` patterns never
   match its ViT's names, so LayerNorm weights are decayed), lr = base lr × batch / 256 from VPT's grid
-  {0.001, 0.0001, 0.0005, 0.005}, batch 384, 100 epochs, 5 warm-up epochs, cosine.
+  {0.001, 0.0001, 0.0005, 0.005}, batch 384, 100 epochs, VPT's schedule (``linear-warmup-cosine``: 5 linear
+  warm-up epochs from 0, then cosine).
 
 How the weights are trained and saved. The backbone a method receives is frozen and shared (a protocol
 reuses it for every run), so this method never changes it: it trains its own copy (``self.encoder``, a
@@ -34,7 +35,7 @@ logits exactly.
 Example:
     >>> model = vp.build_method("finetune", bb, task.classnames)
     >>> vp.fit(model, task, optimizer="adamw-hf", lr=0.001 * 384 / 256, weight_decay=0.01, batch_size=384,
-    ...        epochs=100, warmup_epochs=5)
+    ...        epochs=100, warmup_epochs=5, scheduler="linear-warmup-cosine")
 """
 
 from __future__ import annotations

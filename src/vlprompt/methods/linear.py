@@ -15,7 +15,8 @@ Head as the reference's ``MLP(mlp_dims=[n_cls], special_bias=True)`` (``MODEL.ML
 ``kaiming_normal_(fan_out)`` = N(0, 2 / n_cls), bias ``-log(99)``. Optimiser (the engine's, set by the
 preset): SGD momentum 0.9, weight decay on the weight only (VPT's ``make_optimizer`` gives the head's bias
 no decay), lr = base lr × batch / 256 from VPT's grid {50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05},
-batch 1024, 100 epochs, 10 warm-up epochs, cosine.
+batch 1024, 100 epochs, VPT's schedule (``scheduler="linear-warmup-cosine"``: 10 linear warm-up epochs
+from 0, then cosine).
 
 Unlike ``linear-probe`` (CoOp's closed-form logistic regression on CLIP features), this head is trained
 by the engine's gradient steps. The tower is frozen and unprompted, so training reads cached image
@@ -25,7 +26,8 @@ features (``plan.steps = "image-features"``); ``feature_views=0`` encodes every 
 Example:
     >>> bb = vp.load_backbone("timm:vit_base_patch16_224.augreg_in21k", weights="imagenet21k_ViT-B_16.npz")
     >>> model = vp.build_method("linear", bb, task.classnames)
-    >>> vp.fit(model, task, lr=0.1 * 1024 / 256, weight_decay=1e-4, batch_size=1024, epochs=100, warmup_epochs=10)
+    >>> vp.fit(model, task, lr=0.1 * 1024 / 256, weight_decay=1e-4, batch_size=1024, epochs=100, warmup_epochs=10,
+    ...        scheduler="linear-warmup-cosine")
 """
 
 from __future__ import annotations

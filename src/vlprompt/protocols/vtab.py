@@ -26,7 +26,8 @@ Run directories (each with ``results.json``; finished runs are skipped when the 
     <out>/<task>/prune/prune.json             <out>/<task>/prune/final/seed<S>/   (with pruning)
 
 Training defaults of the protocol (VPT's base config: SGD momentum 0.9, cosine, batch 128, 100 epochs,
-10 warm-up epochs) sit under the method's preset, which sits under explicit ``train_options``.
+10 warm-up epochs; ``linear`` / ``finetune``: their own base configs, :data:`vlprompt.presets.VTAB_TRAIN`) sit
+under the method's preset, which sits under explicit ``train_options``.
 
 Example:
     >>> from vlprompt.protocols import RunSpec, vtab
@@ -49,7 +50,7 @@ from ..data import canonical_name
 from ..data.vtab import GROUPS, VTAB_TASKS, vtab_group
 from ..engine.run import atomic_write
 from ..errors import ConfigError
-from ..presets import resolve_preset, tune_lrs
+from ..presets import VTAB_TRAIN, resolve_preset, tune_lrs
 from .runs import RunSpec, spec_backbone, train_run
 from .tables import write_summary
 
@@ -110,7 +111,8 @@ def default_lrs(method: str, dataset: str) -> tuple[float, ...]:
 
 def _merged_train_options(template: RunSpec, dataset: str) -> dict[str, Any]:
     preset = resolve_preset(template.method, template.preset, None, dataset)
-    return {**VTAB_TRAIN_DEFAULTS, **preset["train"], **template.train_options}
+    own = VTAB_TRAIN.get(template.method.split("+")[0], {})  # linear / finetune: their own base config
+    return {**VTAB_TRAIN_DEFAULTS, **own, **preset["train"], **template.train_options}
 
 
 def _stage_spec(template: RunSpec, dataset: str, split: str, out: Path, seed: int, train: dict[str, Any]) -> RunSpec:
