@@ -203,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", required=True, help="vtab/<task>, fgvc/<name> or tiny/vtab_* names")
     p.add_argument("--root", default=".", help="data root ($DATA) holding vtab-1k/ and the FGVC folders")
     p.add_argument("--out", required=True)
-    p.add_argument("--lrs", nargs="+", type=float, help="base lrs of the grid (default: VPT's 50 ... 0.05)")
+    p.add_argument("--lrs", nargs="+", type=float,
+                   help="base lrs of the grid (default: VPT's grid for the method: 50 ... 0.05 for prompts and "
+                        "linear, 0.001 0.0001 0.0005 0.005 for finetune)")
     p.add_argument("--wds", nargs="+", type=float, help="weight decays of the grid (default: 0.01 0.001 0.0001 0)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds of the final runs (default: 42 44 82 100 800)")
     p.add_argument("--tune-seed", type=int, help="seed of the grid runs (default: the first final seed)")
