@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,13 +107,18 @@ class Finetune(HeadClassifier):
     Config = FinetuneConfig
     plan = TrainingPlan(steps="images", image_features=False)
 
-    def __init__(self, backbone: Backbone, classnames: list[str], config: FinetuneConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    @classmethod
+    def check_backbone(cls, backbone: Backbone, options: dict[str, Any]) -> None:
+        """Refuse backbones without a ViT image tower (VPT's baseline fine-tunes a ViT)."""
         if not backbone.vision_width or not backbone.patch_size:
             raise ConfigError(
                 f"finetune trains a ViT image tower (VPT's full fine-tuning baseline); backbone {backbone.name!r} "
                 "has none; use a ViT backbone, e.g. tiny-clip, ViT-B-16 or timm:vit_base_patch16_224"
             )
+
+    def __init__(self, backbone: Backbone, classnames: list[str], config: FinetuneConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        self.check_backbone(backbone, {})
         encoder = copy.deepcopy(backbone)
         tower = {id(p) for p in image_tower_parameters(encoder)}
         for p in encoder.parameters():

@@ -392,7 +392,8 @@ def vtab(
     Args:
         template: method, backbone, root, options and ``out`` (the output root).
         datasets: ``vtab/<task>``, ``fgvc/<name>`` or ``tiny/vtab_*`` names.
-        lrs: base learning rates of the grid (default: VPT's, :data:`VTAB_LRS` / :data:`FGVC_LRS`).
+        lrs: base learning rates of the grid (default: VPT's grid for the method, :func:`default_lrs`:
+            :data:`VTAB_LRS` / :data:`FGVC_LRS` for prompts, ``linear`` / ``finetune``'s own).
         wds: weight decays of the grid (default: :data:`WDS`).
         seeds: seeds of the final runs (default: VPT's five).
         scale_lr: use ``base_lr × batch_size / 256`` (VPT); False uses the base lr as is.
