@@ -1,6 +1,7 @@
 """VPT's VTAB-1k protocol on the tiny suite's three VTAB-like tasks: writes ``docs/results/tiny_vtab.md``.
 
-Linear probe, VPT-shallow, VPT-deep, E2VPT before pruning and E2VPT after pruning + rewinding, on
+Linear probe, VPT's linear and full fine-tuning baselines (``linear``, ``finetune``), VPT-shallow, VPT-deep,
+E2VPT before pruning and E2VPT after pruning + rewinding, on
 ``tiny/vtab_clevr_count``, ``tiny/vtab_dsprites_location`` and ``tiny/vtab_eurosat`` with the embedded
 ``tiny-clip`` (its ViT image tower), through the ``vtab`` protocol (lr × wd grid on train800 → val200, the
 chosen pair retrained on train800val200 → test per seed; group means; tuned-parameter %). The grid and the
@@ -35,6 +36,7 @@ from vlprompt.engine.run import RunDir, atomic_write
 from vlprompt.engine.train import fit, seed_everything
 from vlprompt.methods import build_method
 from vlprompt.methods.e2vpt import pruned_fraction
+from vlprompt.presets import VTAB_TRAIN
 from vlprompt.protocols import RunSpec, vtab
 from vlprompt.protocols.e2vpt_prune import prune_and_rewind
 from vlprompt.protocols.runs import get_backbone
@@ -42,13 +44,16 @@ from vlprompt.protocols.vtab import VTAB_TRAIN_DEFAULTS, scaled_lr, summarize_vt
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("tiny/vtab_clevr_count", "tiny/vtab_dsprites_location", "tiny/vtab_eurosat")
-METHODS = ("linear-probe", "vpt-shallow", "vpt-deep", "e2vpt")
+METHODS = ("linear-probe", "linear", "finetune", "vpt-shallow", "vpt-deep", "e2vpt")
 PRUNED = "e2vpt-pruned"
+#: Reduced base-lr grids of the baselines (subsets of VPT's: linear 50 … 0.05, finetune 0.001 … 0.005).
+BASELINE_LRS = {"linear": [1.0, 10.0], "finetune": [0.001, 0.005]}
 
 
-def train_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {**VTAB_TRAIN_DEFAULTS, "epochs": args.epochs, "batch_size": args.batch_size,
-            "warmup_epochs": args.warmup_epochs}
+def train_options(args: argparse.Namespace, method: str = "") -> dict[str, Any]:
+    """The protocol's training defaults (the baselines: their own base configs), reduced epochs / batch."""
+    return {**VTAB_TRAIN_DEFAULTS, **VTAB_TRAIN.get(method, {}), "epochs": args.epochs,
+            "batch_size": args.batch_size, "warmup_epochs": args.warmup_epochs}
 
 
 def effective_params(model: Any, trainable: int) -> int:
@@ -92,6 +97,7 @@ def pruned_e2vpt(args: argparse.Namespace, task_name: str, backbone: Any) -> lis
         rows.append({"dataset": task_name, "group": vtab_group(task_name) or "other", "seed": seed,
                      "acc": float(res["acc"]), "base_lr": choice["base_lr"], "wd": choice["wd"],
                      "trainable_params": effective_params(model, int(res["trainable_params"])),
+                     "total_params": res.get("total_params"),
                      "trainable_params_unpruned": int(res["trainable_params"]),
                      "token_pct": pr["token_pct"], "piece_pct": pr["piece_pct"],
                      "pruned_fraction": pr["pruned_fraction"], "prune_val_acc": pr["val_acc"]})
@@ -208,13 +214,14 @@ def main() -> None:
     summaries: dict[str, dict[str, Any]] = {}
     pruning: dict[str, dict[str, Any]] = {}
     wanted = set(args.methods) | ({"e2vpt"} if PRUNED in args.methods else set())
-    for m in [m for m in ("e2vpt", PRUNED, "vpt-deep", "vpt-shallow", "linear-probe") if m in wanted]:
+    for m in [m for m in ("e2vpt", PRUNED, "vpt-deep", "vpt-shallow", "linear-probe", "linear", "finetune")
+              if m in wanted]:
         if m == PRUNED:
             summaries[m] = run_pruned(args, pruning)
         else:
             spec = RunSpec(m, "", ".", out=str(Path(args.out) / m), shots=None, backbone="tiny-clip",
-                           train_options=train_options(args))
-            summaries[m] = vtab(spec, args.tasks, lrs=args.lrs, wds=args.wds, seeds=args.seeds)
+                           train_options=train_options(args, m))
+            summaries[m] = vtab(spec, args.tasks, lrs=BASELINE_LRS.get(m, args.lrs), wds=args.wds, seeds=args.seeds)
         print(f"[{time.time() - t0:.0f}s] {m}: mean of groups {summaries[m]['overall']['mean_of_groups']:.2f}",
               flush=True)
     elapsed = time.time() - t0
@@ -239,13 +246,18 @@ def main() -> None:
         f" {{{', '.join(f'{x:g}' for x in args.token_levels)}}} × segment levels"
         f" {{{', '.join(f'{x:g}' for x in args.piece_levels)}}} % instead of the reference's 9 × 9 grid (10 … 90 %)."
         " Method options are the library defaults (`vlprompt.methods.vpt`, `vlprompt.methods.e2vpt`:"
-        " VPT 5 prompt tokens per layer; E2VPT 10 visual + 5 key-value tokens, 16 segments)."
+        " VPT 5 prompt tokens per layer; E2VPT 10 visual + 5 key-value tokens, 16 segments). The baselines use"
+        " their own base configs (`linear`: SGD; `finetune`: the reference's AdamW, `adamw-hf`, weight decay as"
+        " the grid says; both with VPT's linear warm-up + cosine) and reduced grids of their own"
+        f" (linear base lr ∈ {{{', '.join(f'{x:g}' for x in BASELINE_LRS['linear'])}}}, finetune"
+        f" {{{', '.join(f'{x:g}' for x in BASELINE_LRS['finetune'])}}}), at the same epochs, batch and seeds."
         " The numbers are therefore a smoke-scale check of the pipeline"
         " on 64-px synthetic/small tasks, not a reproduction of VPT's or E2VPT's tables.",
         "",
-        "Tuned % = trainable parameters of the final runs (prompts + linear head) ÷ the whole tiny-clip backbone's"
-        " parameter count (image and text towers, as the protocol computes it) × 100. For E2VPT after pruning the"
-        " visual-prompt entries zeroed by the masks are not counted.",
+        "Tuned % = trainable parameters of the final runs ÷ the total parameters of the model × 100 (as VPT's"
+        " `build_model` and the protocol compute it): the whole tiny-clip backbone (image and text towers) plus the"
+        " method's own prompts and head; for `finetune` the trained copy of the image tower replaces the frozen one."
+        " For E2VPT after pruning the visual-prompt entries zeroed by the masks are not counted.",
         "",
     ]
     doc = Path(args.doc)

@@ -58,7 +58,8 @@ def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
         ref = resolve_preset(name, "reference", shots=16, dataset="dtd")
         TrainConfig.from_kwargs(**ref["train"])
         assert ref["train"]["feature_views"] == 0, name
-        fp32 = name.startswith(("vpt", "e2vpt")) or name == "clip-adapter"  # clip_adapter.py: clip_model.float()
+        # clip_adapter.py: clip_model.float(); VPT's repository (its linear / finetune baselines too) trains in fp32
+        fp32 = name.startswith(("vpt", "e2vpt")) or name in ("clip-adapter", "linear", "finetune")
         assert ref["train"]["precision"] == ("fp32" if fp32 else "fp16-gpu"), name
         if name in ("dapt", "dapt-g"):
             assert ref["method"]["loss_schedule"] == "reference" and ref["method"]["gradcam_rule"] == "reference"

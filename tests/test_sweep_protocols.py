@@ -51,6 +51,7 @@ def test_multitask_and_vtab_expansion(tmp_path):
 
 
 @pytest.mark.parametrize("name,n", [("softcpt_groups", 9 * 3 * 5 * 3), ("e2vpt_vtab", 2 * 19),
+                                    ("vit_baselines_vtab", 2 * 19),
                                     ("tiny_softcpt", 4 * 2 * 3 * 3), ("tiny_vtab", 2 * 3),
                                     ("dept_base2new", 9 * 11 * 3), ("tiny_base2new", 9 * 9 * 3),
                                     ("dept_cross_dataset", 8 * 3), ("dept_domain_gen", 8 * 3),

@@ -307,3 +307,33 @@ def test_cli_prune_levels_need_prune(tmp_path, capsys):
     assert main(["vtab", "--method", "vpt-deep", "--datasets", "tiny/vtab_eurosat", "--out", str(tmp_path),
                  "--prune", "--piece-levels", "50"]) == 2
     assert "E2VPT's" in capsys.readouterr().err
+
+
+def test_vtab_protocol_runs_the_vit_baselines(tiny_vtab_root, tmp_path, cache_dir):
+    """``linear`` (preset ``paper``) and ``finetune`` (no preset: the protocol's default for it is its base config,
+    the reference's AdamW) through grid → final → table; finetune searches VPT's own finetune lr grid when none
+    is given; tuned % = tuned / total parameters."""
+    from vlprompt.protocols.vtab import vtab_markdown
+
+    train = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "cache_dir": cache_dir, "precision": "fp32"}
+    summaries = {}
+    for method, lrs in (("linear", [10.0, 1.0]), ("finetune", None)):
+        spec = RunSpec(method, "", str(tiny_vtab_root), out=str(tmp_path / method), shots=None,
+                       preset="paper" if method == "linear" else None, train_options=train)
+        summaries[method] = s = vtab(spec, ["tiny/vtab_eurosat"], lrs=lrs, wds=[0.0], seeds=[42])
+        choice = json.loads((tmp_path / method / "tiny_vtab_eurosat" / "tune" / "choice.json").read_text())
+        grid = [r["base_lr"] for r in choice["grid"]]
+        assert grid == ([10.0, 1.0] if method == "linear" else [0.001, 0.0001, 0.0005, 0.005])  # VPT's finetune grid
+        cfg = RunDir(tmp_path / method / "tiny_vtab_eurosat" / "final" / "seed42").read_config()
+        assert cfg["train"]["optimizer"] == ("sgd" if method == "linear" else "adamw-hf")
+        assert cfg["train"]["scheduler"] == "linear-warmup-cosine" and cfg["train"]["batch_size"] == 16
+        row = s["rows"][0]
+        assert row["dataset"] == "tiny/vtab_eurosat" and 0 <= row["acc"] <= 100 and s["groups"]["specialized"]
+        assert row["tuned_percent"] == pytest.approx(100.0 * row["trainable_params"] / row["total_params"])
+        md = (tmp_path / method / "vtab.md").read_text()
+        assert md == vtab_markdown(s, method) and "| tuned params | tuned % |" in md
+        assert f"| {row['trainable_params']:,} | {row['tuned_percent']:.3f} |" in md
+    lin, ft = summaries["linear"]["rows"][0], summaries["finetune"]["rows"][0]
+    head = 10 * 128 + 10  # tiny-clip's 128-d pooled feature, 10 EuroSAT classes
+    assert lin["trainable_params"] == head and lin["total_params"] == summaries["linear"]["backbone_params"] + head
+    assert ft["total_params"] == lin["total_params"] and ft["trainable_params"] > 100 * head

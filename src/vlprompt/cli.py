@@ -77,7 +77,7 @@ def _add_quick_gelu(p: argparse.ArgumentParser, what: str = "build the CLIP towe
 
 def _train_options(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("epochs", "lr", "batch_size", "optimizer", "precision", "feature_views", "cache_dir", "seed",
-            "device", "num_workers", "weight_decay", "warmup_epochs", "grad_clip", "log_to", "log_project")
+            "device", "num_workers", "weight_decay", "warmup_epochs", "scheduler", "grad_clip", "log_to", "log_project")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -93,9 +93,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"training epochs, warm-up included {_default('epochs')}")
     p.add_argument("--lr", type=float, help=f"base learning rate {_default('lr')}")
     p.add_argument("--batch-size", type=int, help=f"training batch size {_default('batch_size')}")
-    p.add_argument("--optimizer", help=f"sgd, adamw or adam {_default('optimizer')}")
+    p.add_argument("--optimizer", help=f"sgd, adamw, adam or adamw-hf {_default('optimizer')}")
     p.add_argument("--weight-decay", type=float, help=_default("weight_decay"))
-    p.add_argument("--warmup-epochs", type=int, help=f"constant warm-up epochs {_default('warmup_epochs')}")
+    p.add_argument("--warmup-epochs", type=int,
+                   help=f"warm-up epochs (constant at 1e-5, or linear with --scheduler linear-warmup-cosine) "
+                        f"{_default('warmup_epochs')}")
+    p.add_argument("--scheduler", choices=["cosine", "constant", "linear-warmup-cosine"],
+                   help="after Dassl's constant warm-up: cosine or constant; linear-warmup-cosine = VPT's schedule "
+                        f"{_default('scheduler')}")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = none {_default('grad_clip')}")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto", "fp16-gpu"],
                    help=f"auto = bf16 where supported; fp16-gpu = fp16 on CUDA, fp32 elsewhere {_default('precision')}")
@@ -198,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", required=True, help="vtab/<task>, fgvc/<name> or tiny/vtab_* names")
     p.add_argument("--root", default=".", help="data root ($DATA) holding vtab-1k/ and the FGVC folders")
     p.add_argument("--out", required=True)
-    p.add_argument("--lrs", nargs="+", type=float, help="base lrs of the grid (default: VPT's 50 ... 0.05)")
+    p.add_argument("--lrs", nargs="+", type=float,
+                   help="base lrs of the grid (default: VPT's grid for the method: 50 ... 0.05 for prompts and "
+                        "linear, 0.001 0.0001 0.0005 0.005 for finetune)")
     p.add_argument("--wds", nargs="+", type=float, help="weight decays of the grid (default: 0.01 0.001 0.0001 0)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds of the final runs (default: 42 44 82 100 800)")
     p.add_argument("--tune-seed", type=int, help="seed of the grid runs (default: the first final seed)")

@@ -162,6 +162,51 @@ for _name in ("vpt-shallow", "vpt-deep", "e2vpt"):
                       "reference": {"method": {}, "train": {**_VPT_TRAIN, "precision": "fp32", "feature_views": 0}}}
 
 
+# VPT's baselines. Linear (configs/base-linear.yaml): SGD momentum 0.9, batch 1024, 100 epochs, 10 warm-up epochs,
+# cosine, weight decay 1e-4. Full fine-tuning (configs/base-finetune.yaml): the HuggingFace AdamW (adamw-hf),
+# batch 384, 100 epochs, 5 warm-up epochs, cosine; its make_optimizer decays with 0.01 whatever WEIGHT_DECAY > 0
+# says, so 0.01 here. Both use VPT's schedule (linear warm-up from 0, then cosine over the remaining epochs) and
+# train in fp32 in the reference; the lr comes from the grid (TUNE_LRS) or the user.
+_LINEAR_TRAIN = {"epochs": 100, "batch_size": 1024, "optimizer": "sgd", "momentum": 0.9, "warmup_epochs": 10,
+                 "scheduler": "linear-warmup-cosine", "weight_decay": 1e-4}
+_FINETUNE_TRAIN = {"epochs": 100, "batch_size": 384, "optimizer": "adamw-hf", "warmup_epochs": 5,
+                   "scheduler": "linear-warmup-cosine", "weight_decay": 0.01}
+PRESETS["linear"] = {"paper": {"method": {}, "train": dict(_LINEAR_TRAIN)},
+                     "reference": {"method": {}, "train": {**_LINEAR_TRAIN, "precision": "fp32", "feature_views": 0}}}
+# E2VPT's copy of base-finetune.yaml is the same except batch 224 ("original batch size is 384"); its per-task
+# VTAB finetune configs hold placeholder lr / wd that its tune_vtab.py overwrites with the grid's.
+PRESETS["finetune"] = {"paper": {"method": {}, "train": dict(_FINETUNE_TRAIN)},
+                       "reference": {"method": {}, "train": {**_FINETUNE_TRAIN, "precision": "fp32",
+                                                             "feature_views": 0}},
+                       "e2vpt": {"method": {}, "train": {**_FINETUNE_TRAIN, "batch_size": 224}}}
+
+#: Base learning rates of the lr × wd grid of VPT's tune scripts by method (``tune_vtab.py`` ``get_lrwd_range``,
+#: ``tune_fgvc.py`` ``linear_main`` / ``finetune_main``), for VTAB-1k and FGVC; methods not listed use the
+#: prompt grid of :mod:`vlprompt.protocols.vtab`. The weight decays are the same for all: 0.01, 0.001, 0.0001, 0.
+TUNE_LRS: dict[str, dict[str, tuple[float, ...]]] = {
+    "linear": {"vtab": (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05),
+               "fgvc": (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)},
+    "finetune": {"vtab": (0.001, 0.0001, 0.0005, 0.005), "fgvc": (0.001, 0.0001, 0.0005, 0.005)},
+}
+
+
+#: Training defaults of the ``vtab`` protocol by method, where the method's reference config is not VPT's prompt
+#: config (``base-prompt.yaml``, the protocol's own default): the baselines' base configs. A preset and explicit
+#: options still override them.
+VTAB_TRAIN: dict[str, dict[str, Any]] = {"linear": dict(_LINEAR_TRAIN), "finetune": dict(_FINETUNE_TRAIN)}
+
+
+def tune_lrs(method: str, fgvc: bool) -> tuple[float, ...] | None:
+    """The base-lr grid of ``method`` (plug-ins share the base's) from :data:`TUNE_LRS`, ``None`` if it has none.
+
+    Example:
+        >>> tune_lrs("finetune", fgvc=False)
+        (0.001, 0.0001, 0.0005, 0.005)
+    """
+    table = TUNE_LRS.get(method.split("+")[0])
+    return None if table is None else table["fgvc" if fgvc else "vtab"]
+
+
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""
     if dataset == "imagenet":

@@ -138,6 +138,12 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - frozen: always eval
         return super().train(False)
 
+    def set_training_dropout(self, rate: float) -> int:
+        """Set the dropout rate of the image tower's embedding and MLP dropouts, which act only when the tower
+        is put in training mode by a method that trains a copy of it (full fine-tuning); returns the number of
+        dropout layers set. Default: the tower has no such layers (0; CLIP towers)."""
+        return 0
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 

@@ -127,6 +127,18 @@ class TimmViTBackbone(ImageOnlyBackbone):
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.vision_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else None
 
+    def set_training_dropout(self, rate: float) -> int:
+        """Dropout ``rate`` after the positional embedding (``pos_drop``) and after the activation and the
+        second linear layer of every MLP (``mlp.drop1`` / ``mlp.drop2``): the sites of the ``dropout_rate``
+        of the ViT port VPT fine-tunes (its attention dropouts are 0 and stay 0 here). Returns the count."""
+        m = self.model
+        found = [getattr(m, "pos_drop", None)] + [getattr(getattr(b, "mlp", None), n, None)
+                                                  for b in m.blocks for n in ("drop1", "drop2")]
+        sites = [d for d in found if isinstance(d, torch.nn.Dropout)]
+        for m in sites:
+            m.p = float(rate)
+        return len(sites)
+
     # ---------------------------------------------------------------- vision
     def encode_image(
         self,

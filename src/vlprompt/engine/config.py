@@ -24,12 +24,18 @@ class TrainConfig:
         epochs: number of epochs, the warm-up epoch included (Dassl ``MAX_EPOCH``).
         lr: base learning rate.
         batch_size: training batch size.
-        optimizer: ``sgd`` (momentum, Dassl default), ``adamw`` or ``adam``.
+        optimizer: ``sgd`` (momentum, Dassl default), ``adamw``, ``adam``, or ``adamw-hf``: the
+            HuggingFace-BERT AdamW that VPT's full fine-tuning uses (eps 1e-6, bias correction folded
+            into the step size, decoupled weight decay applied after the update; see
+            :class:`vlprompt.engine.schedule.AdamWHF`).
         momentum: SGD momentum.
         weight_decay: weight decay (applies to prompt vectors too, as in Dassl).
         warmup_epochs: constant warm-up epochs at ``warmup_lr`` (they count in ``epochs``).
         warmup_lr: warm-up learning rate.
-        scheduler: ``cosine`` (over ``epochs``, restarting its count after warm-up) or ``constant``.
+        scheduler: ``cosine`` (over ``epochs``, restarting its count after warm-up) or ``constant``, both after
+            Dassl's constant warm-up at ``warmup_lr``; or ``linear-warmup-cosine`` (VPT's ``WarmupCosineSchedule``):
+            ``lr · e / warmup_epochs`` during the warm-up (epoch 0 at 0), then a cosine from ``lr`` to 0 over the
+            remaining ``epochs − warmup_epochs`` epochs (``warmup_lr`` unused).
         precision: ``fp32``, ``bf16``/``fp16`` autocast, ``auto`` (bf16 where supported), or
             ``fp16-gpu`` (fp16 on CUDA, fp32 elsewhere: the reference code's pattern).
         feature_views: N cached augmented views per training image for methods with a frozen
@@ -53,12 +59,12 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 0.002
     batch_size: int = 32
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam", "adamw-hf"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
-    scheduler: Literal["cosine", "constant"] = "cosine"
+    scheduler: Literal["cosine", "constant", "linear-warmup-cosine"] = "cosine"
     precision: Precision = "auto"
     feature_views: int = DEFAULT_FEATURE_VIEWS
     augment: str | None = None
@@ -81,8 +87,10 @@ class TrainConfig:
             )
         if self.precision not in ("fp32", "bf16", "fp16", "auto", "fp16-gpu"):
             raise ConfigError(f"precision must be fp32, bf16, fp16, auto or fp16-gpu, got {self.precision!r}")
-        if self.optimizer not in ("sgd", "adamw", "adam"):
-            raise ConfigError(f"optimizer must be sgd, adamw or adam, got {self.optimizer!r}")
+        if self.optimizer not in ("sgd", "adamw", "adam", "adamw-hf"):
+            raise ConfigError(f"optimizer must be sgd, adamw, adam or adamw-hf, got {self.optimizer!r}")
+        if self.scheduler not in ("cosine", "constant", "linear-warmup-cosine"):
+            raise ConfigError(f"scheduler must be cosine, constant or linear-warmup-cosine, got {self.scheduler!r}")
         if self.augment is not None and self.augment not in ("clip", "crop", "none"):
             raise ConfigError(f"augment must be clip, crop, none or unset, got {self.augment!r}")
         object.__setattr__(self, "log_to", normalize_log_to(self.log_to))

@@ -301,6 +301,7 @@ def _fit_and_evaluate(ctx: RunContext) -> dict[str, Any]:
         "augment": augment_of(task, cfg), **train_counts(task),
         "train_seconds": round(train_seconds, 3), "feature_seconds": round(ctx.feature_seconds, 3),
         "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
+        "total_params": model.total_parameters(),
         **fit_info,
     }
     if metrics:

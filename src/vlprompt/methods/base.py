@@ -245,6 +245,13 @@ class PromptMethod(nn.Module):
         frozen = {id(p) for p in self.backbone.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in frozen]
 
+    def total_parameters(self) -> int:
+        """Parameters of the whole model that computes the logits: the backbone's plus the method's own
+        (each counted once). Tuned % = trainable / total × 100, as in VPT's and E2VPT's tables. A method
+        that trains a copy of the image tower in place of the frozen one (full fine-tuning) counts the copy
+        instead of the frozen tower."""
+        return sum(p.numel() for p in self.parameters())
+
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; plug-ins override to scale learning rates."""
         return [{"params": self.trainable_parameters(), "lr": base_lr}]

@@ -14,7 +14,10 @@ Per task (``vtab/<task>``, ``fgvc/<name>``, or the tiny suite's ``tiny/vtab_*`` 
 4. **report**: per task mean ± std (sample std over seeds) of test top-1; group means (Natural /
    Specialized / Structured = mean over the group's tasks present, FGVC mean separately); the mean of
    the VTAB group means; and the tuned-parameter percentage (trainable parameters of the final runs /
-   parameters of the frozen backbone × 100).
+   total parameters of the model that computes the logits × 100, as VPT's and E2VPT's tables: the
+   backbone's plus the method's own, :meth:`~vlprompt.methods.base.PromptMethod.total_parameters`).
+
+The lr grid is VPT's for the method (:func:`default_lrs`: the prompt grid, or ``linear`` / ``finetune``'s own).
 
 Run directories (each with ``results.json``; finished runs are skipped when the protocol is re-run)::
 
@@ -23,7 +26,8 @@ Run directories (each with ``results.json``; finished runs are skipped when the 
     <out>/<task>/prune/prune.json             <out>/<task>/prune/final/seed<S>/   (with pruning)
 
 Training defaults of the protocol (VPT's base config: SGD momentum 0.9, cosine, batch 128, 100 epochs,
-10 warm-up epochs) sit under the method's preset, which sits under explicit ``train_options``.
+10 warm-up epochs; ``linear`` / ``finetune``: their own base configs, :data:`vlprompt.presets.VTAB_TRAIN`) sit
+under the method's preset, which sits under explicit ``train_options``.
 
 Example:
     >>> from vlprompt.protocols import RunSpec, vtab
@@ -46,7 +50,7 @@ from ..data import canonical_name
 from ..data.vtab import GROUPS, VTAB_TASKS, vtab_group
 from ..engine.run import atomic_write
 from ..errors import ConfigError
-from ..presets import resolve_preset
+from ..presets import VTAB_TRAIN, resolve_preset, tune_lrs
 from .runs import RunSpec, spec_backbone, train_run
 from .tables import write_summary
 
@@ -90,9 +94,25 @@ def pick_best(grid: list[dict[str, Any]]) -> dict[str, Any]:
     return min(grid, key=lambda r: (-r["val_acc"], r["base_lr"], r["wd"]))
 
 
+def default_lrs(method: str, dataset: str) -> tuple[float, ...]:
+    """The base-lr grid VPT's tune scripts search for ``method`` on ``dataset``: the method's own
+    (:data:`vlprompt.presets.TUNE_LRS`: ``linear``, ``finetune``), else the prompt grid (FGVC without 0.05).
+
+    Example:
+        >>> default_lrs("finetune", "vtab/dtd"), default_lrs("vpt-deep", "fgvc/cub")[-1]
+        ((0.001, 0.0001, 0.0005, 0.005), 0.1)
+    """
+    fgvc = canonical_name(dataset).startswith("fgvc/")
+    own = tune_lrs(method, fgvc)
+    if own is not None:
+        return own
+    return FGVC_LRS if fgvc else VTAB_LRS
+
+
 def _merged_train_options(template: RunSpec, dataset: str) -> dict[str, Any]:
     preset = resolve_preset(template.method, template.preset, None, dataset)
-    return {**VTAB_TRAIN_DEFAULTS, **preset["train"], **template.train_options}
+    own = VTAB_TRAIN.get(template.method.split("+")[0], {})  # linear / finetune: their own base config
+    return {**VTAB_TRAIN_DEFAULTS, **own, **preset["train"], **template.train_options}
 
 
 def _stage_spec(template: RunSpec, dataset: str, split: str, out: Path, seed: int, train: dict[str, Any]) -> RunSpec:
@@ -113,7 +133,7 @@ def tune_task(
     """
     name = canonical_name(dataset)
     if lrs is None:
-        lrs = FGVC_LRS if name.startswith("fgvc/") else VTAB_LRS
+        lrs = default_lrs(template.method, name)
     train = _merged_train_options(template, name)
     batch = int(train.get("batch_size", _TRAIN_DEFAULT_BATCH))
     base = Path(template.out) / task_slug(name) / "tune"
@@ -148,9 +168,12 @@ def final_task(
     for seed in seeds:
         out = Path(template.out) / task_slug(name) / "final" / f"seed{seed}"
         res = train_run(_stage_spec(template, name, "final", out, seed, {**train, "lr": lr, "weight_decay": wd}))
-        rows.append({"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
-                     "base_lr": float(base_lr), "wd": float(wd), "lr": lr,
-                     "trainable_params": int(res.get("trainable_params", 0))})
+        row = {"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
+               "base_lr": float(base_lr), "wd": float(wd), "lr": lr,
+               "trainable_params": int(res.get("trainable_params", 0))}
+        if res.get("total_params"):
+            row["total_params"] = int(res["total_params"])
+        rows.append(row)
     return rows
 
 
@@ -239,9 +262,12 @@ def prune_task(
         spec = dataclasses.replace(_stage_spec(template, name, "final", out, seed, opts), protocol="vtab-pruned")
         res = train_run(spec, setup=lambda m: m.set_masks(token_mask, piece_mask))
         params = int(res.get("trainable_params", 0))
-        rows.append({"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
-                     "base_lr": float(base_lr), "wd": float(wd), "lr": lr, "trainable_params": params - removed,
-                     "trainable_params_unpruned": params})
+        row = {"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
+               "base_lr": float(base_lr), "wd": float(wd), "lr": lr, "trainable_params": params - removed,
+               "trainable_params_unpruned": params}
+        if res.get("total_params"):
+            row["total_params"] = int(res["total_params"])
+        rows.append(row)
     info = {k: search[k] for k in ("token_pct", "piece_pct", "val_acc", "pruned_fraction")}
     return rows, info
 
@@ -252,7 +278,8 @@ def summarize_vtab(rows: list[dict[str, Any]], backbone_params: int | None = Non
     Args:
         rows: ``{dataset, group, seed, acc}`` (+ ``trainable_params``, ``base_lr``, ``wd`` optional), one per
             final run; ``group`` is ``natural``/``specialized``/``structured``, ``fgvc`` or anything else.
-        backbone_params: parameter count of the frozen backbone, for ``tuned_percent``.
+        backbone_params: parameter count of the frozen backbone: the denominator of ``tuned_percent`` for rows
+            without ``total_params`` (runs written before it was recorded).
 
     Returns:
         ``{"rows": [per task], "groups": {group: {acc, n_tasks, expected_tasks, complete}}, "overall":
@@ -278,8 +305,11 @@ def summarize_vtab(rows: list[dict[str, Any]], backbone_params: int | None = Non
         params = rs[0].get("trainable_params")
         if params is not None:
             row["trainable_params"] = int(params)
-            if backbone_params:
-                row["tuned_percent"] = 100.0 * params / backbone_params
+            total = rs[0].get("total_params") or backbone_params
+            if rs[0].get("total_params"):
+                row["total_params"] = int(total)
+            if total:
+                row["tuned_percent"] = 100.0 * params / total
         table.append(row)
     groups: dict[str, dict[str, Any]] = {}
     for g in dict.fromkeys(r["group"] for r in table):
@@ -308,12 +338,13 @@ def _pm(row: dict[str, Any]) -> str:
 def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
     """The summary as markdown: a per-task table, a group table and the overall line."""
     lines = [f"# VTAB-1k / FGVC: {title}".rstrip(": ") + "\n",
-             "| task | group | test top-1 (mean ± std) | seeds | base lr | wd | tuned % |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | group | test top-1 (mean ± std) | seeds | base lr | wd | tuned params | tuned % |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         tuned = f"{r['tuned_percent']:.3f}" if "tuned_percent" in r else "-"
+        count = f"{r['trainable_params']:,}" if "trainable_params" in r else "-"
         lines.append(f"| {r['dataset']} | {r['group']} | {_pm(r)} | {len(r['seeds'])} | "
-                     f"{r.get('base_lr', '-')} | {r.get('wd', '-')} | {tuned} |")
+                     f"{r.get('base_lr', '-')} | {r.get('wd', '-')} | {count} | {tuned} |")
     lines += ["", "| group | mean top-1 | tasks |", "|---|---|---|"]
     for g, info in summary["groups"].items():
         n = f"{info['n_tasks']}/{info['expected_tasks']}" if info["expected_tasks"] else str(info["n_tasks"])
@@ -323,8 +354,9 @@ def vtab_markdown(summary: dict[str, Any], title: str = "") -> str:
         lines += ["", f"Mean of the {o['n_groups']} VTAB group means: **{o['mean_of_groups']:.2f}** "
                       f"(mean over the VTAB tasks: {o['mean_of_tasks']:.2f})."]
     if summary.get("tuned_percent_mean") is not None:
-        lines.append(f"Tuned parameters: {summary['tuned_percent_mean']:.4f}% of the backbone's "
-                     f"{summary['backbone_params']:,} parameters (mean over tasks).")
+        bb_params = f", {summary['backbone_params']:,}," if summary.get("backbone_params") else ""
+        lines.append(f"Tuned parameters: {summary['tuned_percent_mean']:.4f}% of the model's parameters (tuned / "
+                     f"total, mean over tasks; total = the backbone's{bb_params} plus the method's own).")
     pruned = summary.get("pruned")
     if pruned:
         before = {r["dataset"]: r for r in summary["rows"]}
@@ -360,7 +392,8 @@ def vtab(
     Args:
         template: method, backbone, root, options and ``out`` (the output root).
         datasets: ``vtab/<task>``, ``fgvc/<name>`` or ``tiny/vtab_*`` names.
-        lrs: base learning rates of the grid (default: VPT's, :data:`VTAB_LRS` / :data:`FGVC_LRS`).
+        lrs: base learning rates of the grid (default: VPT's grid for the method, :func:`default_lrs`:
+            :data:`VTAB_LRS` / :data:`FGVC_LRS` for prompts, ``linear`` / ``finetune``'s own).
         wds: weight decays of the grid (default: :data:`WDS`).
         seeds: seeds of the final runs (default: VPT's five).
         scale_lr: use ``base_lr × batch_size / 256`` (VPT); False uses the base lr as is.
@@ -384,9 +417,10 @@ def vtab(
     rows: list[dict[str, Any]] = []
     pruned_rows: list[dict[str, Any]] = []
     pruning: dict[str, dict[str, Any]] = {}
-    grid = len(lrs or VTAB_LRS) * len(wds) if tune else 0
-    progress.plan(len(set(datasets)) * (grid + len(seeds) * (2 if prune is not None else 1)))
-    for name in dict.fromkeys(canonical_name(ds) for ds in datasets):  # unknown names fail before any run
+    names = list(dict.fromkeys(canonical_name(ds) for ds in datasets))  # unknown names fail before any run
+    grid = sum(len(lrs or default_lrs(template.method, n)) for n in names) * len(wds) if tune else 0
+    progress.plan(grid + len(names) * len(seeds) * (2 if prune is not None else 1))
+    for name in names:
         if tune:
             best = tune_task(template, name, lrs, wds, seed=seeds[0] if tune_seed is None else tune_seed,
                              scale_lr=scale_lr)["best"]
