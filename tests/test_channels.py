@@ -205,3 +205,26 @@ def test_bad_inputs_one_line_exit_2(coop_run, shapes_root, cache_dir, tmp_path, 
     _fails(["analyze", "channels", str(lp), "--out", str(out), "--cache-dir", cache_dir], capsys,
            "does not expose the image and text features")
     assert not out.exists()
+
+
+def test_figure_panels_one_row_per_dataset_first_seed_per_label():
+    from dataclasses import replace
+
+    from vlprompt.analysis.channels import channels_figure, summary_markdown
+
+    feats = _split_features()
+    runs = [importance_of(replace(feats, seed=s, method=m, dataset=d), 1, 2)
+            for d in ("toy", "toy2") for m in ("coop", "coop+dept") for s in (2, 1)]
+    fig = channels_figure(runs)
+    axes = fig.axes
+    assert len(axes) == 2 * 3  # per dataset: two run labels (their first seed) + the ratio density
+    titles = [a.get_title() for a in axes]
+    assert titles[0] == "coop (base)\nseed 1" and titles[1] == "coop+dept (base)\nseed 1" and titles[2] == "toy: ratio"
+    assert "1st-99th percentile" in axes[2].get_xlabel()
+    legend = axes[2].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["coop (base)", "coop+dept (base)"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    md = summary_markdown(runs)
+    assert md.count("| toy | coop (base) |") == 2 and "n/a" in md  # results.json values absent: n/a

@@ -362,16 +362,22 @@ def channels_figure(results: list[RunImportance]) -> Any:
                 ax.set_ylabel(f"{ds}\nchannel importance (CI)", fontsize=8)
             ax.tick_params(labelsize=7)
         ax = axes[row][n_cols - 1]
-        ratios = torch.cat([r.ratio for r in runs]).double()
-        lo, hi = float(torch.quantile(ratios, 0.01)), float(torch.quantile(ratios, 0.99))
-        span = (hi - lo) or 1.0
-        grid = torch.linspace(lo - 0.1 * span, hi + 0.1 * span, 256)  # outliers (CI-new near 0) would squash it
-        for i, r in enumerate(runs):
-            dens = gaussian_kde(r.ratio, grid)
-            ax.fill_between(grid, dens, alpha=0.35, color=colors[(i + 2) % len(colors)], label=r.features.label)
+        finite = [r.ratio[torch.isfinite(r.ratio)].double() for r in runs]  # CI-new = 0 gives an infinite ratio
+        dropped = sum(len(r.ratio) - len(f) for r, f in zip(runs, finite, strict=True))
+        pooled = torch.cat(finite)
+        if len(pooled):
+            lo, hi = float(torch.quantile(pooled, 0.01)), float(torch.quantile(pooled, 0.99))
+            span = (hi - lo) or 1.0
+            grid = torch.linspace(lo - 0.1 * span, hi + 0.1 * span, 256)  # outliers (CI-new near 0) would squash it
+            for i, (r, f) in enumerate(zip(runs, finite, strict=True)):
+                if len(f):
+                    ax.fill_between(grid, gaussian_kde(f, grid), alpha=0.35, color=colors[(i + 2) % len(colors)],
+                                    label=r.features.label)
+            ax.set_xlim(float(grid[0]), float(grid[-1]))
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xlim(float(grid[0]), float(grid[-1]))
-        ax.set_xlabel(f"CI-base : CI-new (window {runs[0].ratio_window})\nshown: 1st-99th percentile", fontsize=7)
+        note = f"; {dropped} infinite left out" if dropped else ""
+        ax.set_xlabel(f"CI-base : CI-new (window {runs[0].ratio_window})\nshown: 1st-99th percentile{note}",
+                      fontsize=7)
         ax.set_ylabel("density over channels", fontsize=7)
         ax.set_title(f"{ds}: ratio", fontsize=8)
         ax.tick_params(labelsize=7)
