@@ -2,7 +2,7 @@
 CoOp + DePT (both trained on the base classes) and the "oracle" (CoOp trained on all classes, the
 reference's ``OracleStats``), 16 shots, DePT's 10-epoch configuration (``--preset dept``), seeds 1-3.
 
-Suites: ``tiny`` (tiny-clip on tiny/digits and tiny/counting, the tiny tasks with a base-new gap) and
+Suites: ``tiny`` (tiny-clip on tiny/digits, a tiny task with a base-new gap) and
 ``real`` (effnet-minilm on real/fashion_mnist). Runs are resumable (finished runs are skipped). For each
 suite the analysis (:func:`vlprompt.analysis.channels.analyze_runs`) writes ``channels.csv``, ``channels.md`` and
 ``channels.png`` to ``<out>/<suite>/analysis/``; the mean over seeds goes into the generated block of
@@ -29,7 +29,7 @@ from vlprompt.report.tables import mean_std
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = {
-    "tiny": {"backbone": "tiny-clip", "datasets": ["tiny/digits", "tiny/counting"]},
+    "tiny": {"backbone": "tiny-clip", "datasets": ["tiny/digits"]},
     "real": {"backbone": "effnet-minilm", "datasets": ["real/fashion_mnist"]},
 }
 #: (method, subsample the prompt is trained on); ("coop", "all") is the reference's oracle
