@@ -119,7 +119,7 @@ def main() -> None:
         analysed = time.perf_counter() - start - trained
         dim = results[0].base.numel()
         blocks += [f"**{suite}** ({SUITES[suite]['backbone']}, D = {dim} channels, seeds {', '.join(map(str, seeds))}; "
-                   f"training {trained:.0f} s, analysis "
+                   f"training in this invocation {trained:.0f} s (finished runs are skipped), analysis "
                    f"{analysed:.0f} s wall; per-run rows and the plot: `{_rel(out / suite / 'analysis')}/channels.md`, "
                    "`channels.png`, not committed):", "", *mean_rows(results), ""]
         print("\n".join(blocks[-len(mean_rows(results)) - 1:]))
