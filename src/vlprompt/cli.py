@@ -246,6 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--cache-dir")
 
+    p = sub.add_parser("analyze", help="analyses of trained runs (channels: DePT's channel importance)")
+    asub = p.add_subparsers(dest="analysis", required=True)
+    p = asub.add_parser("channels", help="per-channel importance of base and new classes (DePT's channel bias)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of `vlprompt train` / protocols")
+    p.add_argument("--out", required=True, help="folder for channels.csv, channels.md and channels.png")
+    p.add_argument("--window", type=int, default=16, help="channels per window of the CI plot (default: 16, DePT)")
+    p.add_argument("--ratio-window", type=int, default=32,
+                   help="channels per window of the CI-base : CI-new ratio (default: 32, DePT; it uses 128 on EuroSAT)")
+    p.add_argument("--root", help="data root (default: the one each run recorded)")
+    p.add_argument("--weights", help="backbone weights (default: the run's, or its --pretrained tag)")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-plot", action="store_true", help="write the tables only")
+
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("images", nargs="+")
     p.add_argument("--run", required=True, help="a trained run directory (prompt.safetensors + prompt.json)")
@@ -444,6 +459,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=2))
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis.channels import analyze_runs, summary_markdown
+
+    results = analyze_runs(args.runs, args.out, args.window, args.ratio_window, root=args.root, device=args.device,
+                           cache_dir=args.cache_dir, weights=args.weights, trust_checkpoint=args.trust_checkpoint,
+                           plot=not args.no_plot)
+    print(summary_markdown(results), end="")
+    names = ["channels.csv", "channels.md"] + ([] if args.no_plot else ["channels.png"])
+    print(f"wrote {', '.join(names)} to {args.out}")
+
+
 def cmd_protocol(args: argparse.Namespace) -> None:
     from . import protocols
 
@@ -572,7 +598,7 @@ COMMANDS = {
     "methods": cmd_methods, "datasets": cmd_datasets, "train": cmd_train, "eval": cmd_eval,
     "predict": cmd_predict, "convert": cmd_convert, "demo": cmd_demo, "base2new": cmd_protocol,
     "few-shot": cmd_protocol, "multitask": cmd_protocol, "cross-dataset": cmd_protocol, "domain-gen": cmd_protocol,
-    "vtab": cmd_vtab, "data-efficient": cmd_protocol, "backbones": cmd_backbones,
+    "vtab": cmd_vtab, "data-efficient": cmd_protocol, "backbones": cmd_backbones, "analyze": cmd_analyze,
 }
 
 

@@ -200,6 +200,22 @@ class PromptMethod(nn.Module):
         img = F.normalize(image_features.float(), dim=-1)
         return self.backbone.logit_scale * img @ text_features.float().t()
 
+    def matching_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L2-normalised image features ``(B, D)`` and class text features ``(n_cls, D)`` (or per
+        image ``(B, n_cls, D)``) whose dot product, times the logit scale, is the image-text-matching
+        logit; ``image_features`` are raw (:meth:`encode_images` or the cached ones).
+
+        Analyses of the matched features (``vlprompt analyze channels``) read this. A method that
+        overrides :meth:`logits_from_features` overrides it too, or is refused by those analyses.
+        """
+        if text_features is None:
+            text_features = self.eval_text_features()
+        if text_features is None:
+            raise ConfigError(f"{self.name} has no class text features to match images with")
+        return F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Raw image features of the (frozen, unprompted) image tower."""
         return self.backbone.encode_image(images)

@@ -99,6 +99,12 @@ class CLIPAdapter(PromptMethod):
         ratio = self.config.ratio
         return ratio * self.adapter(x) + (1 - ratio) * x
 
+    def matching_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapted image features and the template text features, both L2-normalised."""
+        return super().matching_features(self.adapt(image_features), text_features)
+
     def logits_from_features(
         self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -183,6 +183,14 @@ class CoCoOp(CoOp):
         img = F.normalize(image_features.float(), dim=-1)
         return self.backbone.logit_scale * torch.einsum("bd,bcd->bc", img, text_features.float())
 
+    def matching_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image features ``(B, D)`` and their own class text features ``(B, n_cls, D)``."""
+        if text_features is None:
+            text_features = self.conditional_text_features(image_features)
+        return F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+
     def train_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """As the base class, with ``text`` the raw per-image class text features ``(B, n_cls, D)``."""
         image = self.image_features_of(batch)

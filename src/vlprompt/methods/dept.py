@@ -188,6 +188,13 @@ class DePT(PromptMethod):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.inner.encode_images(images)
 
+    def matching_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped method's (ITM head's) matched features; the CAT head's FiLM features are not
+        matched with text at test time (DePT's own channel statistics read the ITM features too)."""
+        return self.inner.matching_features(image_features, text_features)
+
     def logits_from_features(
         self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -254,6 +254,14 @@ class VPT(PromptMethod):
             raise ConfigError(f"{self.name} prompts the image tower and cannot train on cached image features")
         return self.encode_images(batch["images"])
 
+    def matching_features(
+        self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """With the text classifier: the prompted image features and the template class features."""
+        if self.head is not None:
+            raise ConfigError(f"{self.name} with a linear head is a vision classifier and matches no text features")
+        return super().matching_features(image_features, text_features)
+
     def logits_from_features(
         self, image_features: torch.Tensor, text_features: torch.Tensor | None = None
     ) -> torch.Tensor:
