@@ -109,6 +109,11 @@ def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
     return [w / total for w in raw]
 
 
+def _fp32_or_wider(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for autocast's half types; float64 stays float64 (gradient checks)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def scl_terms(
     image: torch.Tensor, text: torch.Tensor, frozen_image: torch.Tensor, frozen_text: torch.Tensor,
     logit_scale: torch.Tensor | float,
@@ -125,10 +130,10 @@ def scl_terms(
         ``logits`` (prompted, ``s · f̂ ĝᵀ``), ``frozen_logits`` (``s · f̃ g̃ᵀ``), ``text_l1`` (mean
         ``|ĝ − g̃|``), ``image_l1`` (mean ``|f̂ − f̃|``) and ``kl`` (``Σ p̃ (log p̃ − log p) / (B·n_cls)``).
     """
-    img = F.normalize(image.float(), dim=-1)
-    txt = F.normalize(text.float(), dim=-1)
-    img0 = F.normalize(frozen_image.float(), dim=-1)
-    txt0 = F.normalize(frozen_text.float(), dim=-1)
+    img = F.normalize(_fp32_or_wider(image), dim=-1)
+    txt = F.normalize(_fp32_or_wider(text), dim=-1)
+    img0 = F.normalize(_fp32_or_wider(frozen_image), dim=-1)
+    txt0 = F.normalize(_fp32_or_wider(frozen_text), dim=-1)
     logits = logit_scale * img @ txt.t()
     frozen_logits = logit_scale * img0 @ txt0.t()
     kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(frozen_logits, dim=1), reduction="sum",
@@ -176,10 +181,11 @@ class PromptSRC(IVLP):
         if self.frozen_text is None:
             names = [clean_classname(c) for c in self.classnames]
             device = self.backbone.device
+            templates = self.templates()
+            texts = [t.format(n) for t in templates for n in names]  # template-major, in chunks of 256
             with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                per_template = [self.backbone.encode_texts([t.format(n) for n in names], normalize=False).float()
-                                for t in self.templates()]
-            self.frozen_text = torch.stack(per_template, dim=1).mean(dim=1)
+                feats = self.backbone.encode_texts(texts, normalize=False)
+            self.frozen_text = _fp32_or_wider(feats.view(len(templates), len(names), -1).mean(dim=0))
         return self.frozen_text
 
     def frozen_image_features(self, batch: dict[str, torch.Tensor], prompted: torch.Tensor) -> torch.Tensor:
