@@ -210,6 +210,17 @@ def test_gpa_installs_the_gaussian_weighted_average_before_evaluation_and_saving
     assert loaded.config == model.config
 
 
+def test_a_second_fit_of_the_same_model_starts_a_new_aggregation(tiny_bb, small_task, cache_dir):
+    vp.seed_everything(1)
+    model = vp.build_method("promptsrc", tiny_bb, small_task.classnames, gpa_mean=1.0, **SMALL)
+    opts = dict(batch_size=4, lr=0.05, precision="fp32", cache_dir=cache_dir, evaluate_test=False)
+    assert vp.fit(model, small_task, epochs=2, **opts)["gpa_epochs"] == 2
+    per_epoch: list[dict[str, torch.Tensor]] = []
+    res = vp.fit(model, small_task, epochs=1, **opts, on_epoch_end=lambda e, row: per_epoch.append(_snapshot(model)))
+    assert res["gpa_epochs"] == 1  # one epoch of weight 1: the second run's own prompts, nothing of the first
+    assert all(torch.equal(v, per_epoch[0][k]) for k, v in _snapshot(model).items())
+
+
 def test_gpa_off_keeps_the_last_epoch(tiny_bb, small_task, cache_dir):
     vp.seed_everything(1)
     model = vp.build_method("promptsrc", tiny_bb, small_task.classnames, gpa=False, **SMALL)

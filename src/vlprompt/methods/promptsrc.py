@@ -219,7 +219,10 @@ class PromptSRC(IVLP):
 
     def end_epoch(self, epoch: int) -> None:
         """Add this epoch's prompts with the un-normalised weight ``N(epoch + 1; gpa_mean, gpa_std²)``
-        (float64 sums; normalised by the weights' total in :meth:`finish_training`)."""
+        (float64 sums; normalised by the weights' total in :meth:`finish_training`). An epoch at or before
+        one already summed starts a new aggregation (the model is trained again by another ``fit``)."""
+        if self._gpa_epochs and epoch <= self._gpa_epochs[-1]:
+            self._reset_gpa()
         w = gaussian_density(epoch + 1, self.config.gpa_mean, self.config.gpa_std)
         for name, p in self.prompt_state_dict().items():
             term = p.detach().double() * w
