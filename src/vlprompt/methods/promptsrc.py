@@ -144,8 +144,9 @@ def scl_terms(
 
 @register_method
 class PromptSRC(IVLP):
-    """PromptSRC: IVLP prompts regulated by the frozen CLIP (feature and logit consistency) and averaged
-    over epochs with Gaussian weights.
+    """PromptSRC: IVLP prompts regulated by the frozen CLIP, averaged over epochs with Gaussian weights.
+
+    The regulation: consistency of the prompted image and text features and logits with the frozen ones.
 
     ``train_outputs`` returns IVLP's ``ce`` plus ``scl_text`` (``λ_t · mean|ĝ − g̃|``), ``scl_image``
     (``λ_i · mean|f̂ − f̃|``), ``scl_logits`` (the KL term) and ``loss`` = their sum with ``ce``; a plug-in
