@@ -54,7 +54,8 @@ EVAL_BATCH = 100
 #: methods that take options on tiny-clip (3 text / 4 vision layers) or to get a text side for DePT
 TINY_OPTIONS: dict[str, dict[str, Any]] = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2},
                                            "dapt-g": {"prompt_depth": 2},
-                                           "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
+                                           "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2},
+                                           "promptsrc": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
 TEXT_CLASSIFIER = {"vpt-shallow", "vpt-deep", "e2vpt"}
 
 

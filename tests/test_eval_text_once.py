@@ -15,7 +15,8 @@ PER_IMAGE = {"cocoop"}
 NO_TEXT = {"zeroshot", "linear-probe", "clip-adapter"}  # clip-adapter: frozen template features, built once
 CLASS_AWARE = {"softcpt-cata", "softcpt-cats", "softcpt-csta", "softcpt-csts"}
 OPTIONS = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2}, "dapt-g": {"prompt_depth": 2},
-           "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
+           "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2},
+           "promptsrc": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
 
 
 def _names() -> list[str]:

@@ -17,7 +17,8 @@ NAMES = ["red circle", "green_square", "blue triangle"]
 #: Options that fit a method to tiny-clip (3 text / 4 vision layers); defaults otherwise.
 MATRIX_OPTIONS: dict[str, dict] = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2},
                                    "dapt-g": {"prompt_depth": 2},
-                                   "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
+                                   "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2},
+                                   "promptsrc": {"prompt_depth_text": 2, "prompt_depth_vision": 2}}
 
 #: Vision classifiers that get a text side from an option (VPT's ``classifier="text"`` on CLIP,
 #: DePT's VPT row): their plug-in combinations run with it.

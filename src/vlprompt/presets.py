@@ -2,8 +2,9 @@
 
 A preset gives method options and training options; explicit options override it. ``paper`` is
 each method's original base-to-new / few-shot configuration, ``dept`` the 10-epoch re-run that
-DePT's paper uses for every baseline (and for ``<method>+dept``), ``paper-xd`` MaPLe's
-cross-dataset / domain-generalisation configuration.
+DePT's paper uses for every baseline (and for ``<method>+dept``), ``paper-xd`` MaPLe's and PromptSRC's
+cross-dataset / domain-generalisation configuration, ``paper-fs`` DAPT's and PromptSRC's few-shot one
+(PromptSRC's GPA setting then depends on the dataset, as its config file says).
 
 ``reference`` (every trained method of the seeds) is the original code's whole training pattern on
 top of its ``paper`` configuration: its precision (``fp16-gpu``: fp16 on a GPU, fp32 on CPU; VPT and
@@ -64,6 +65,25 @@ PRESETS: dict[str, dict[str, Preset]] = {
                            "train": {"epochs": 5, "batch_size": 4, "lr": 0.0025}},
     },
 }
+
+# PromptSRC (configs/trainers/PromptSRC): base-to-new `vit_b16_c2_ep20_batch4_4+4ctx`, few-shot
+# `vit_b16_c2_ep50_batch4_4+4ctx_few_shot` (GPA 30/30; 45/5 on the datasets its comment lists, see resolve_preset),
+# cross-dataset / domain generalisation `vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets` (depth 3, GPA 6/10).
+# All: SGD lr 0.0025, batch 4, cosine, one constant warm-up epoch at 1e-5, 4+4 ctx from "a photo of a", λ 25 / 10.
+_PROMPTSRC_METHOD = {"n_ctx_text": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a", "prompt_depth_text": 9,
+                     "prompt_depth_vision": 9, "text_loss_weight": 25.0, "image_loss_weight": 10.0}
+PRESETS["promptsrc"] = {
+    "paper": {"method": {**_PROMPTSRC_METHOD, "gpa_mean": 15.0, "gpa_std": 1.0},
+              "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025}},
+    "paper-fs": {"method": {**_PROMPTSRC_METHOD, "gpa_mean": 30.0, "gpa_std": 30.0},
+                 "train": {"epochs": 50, "batch_size": 4, "lr": 0.0025}},
+    "paper-xd": {"method": {**_PROMPTSRC_METHOD, "prompt_depth_text": 3, "prompt_depth_vision": 3,
+                            "gpa_mean": 6.0, "gpa_std": 10.0},
+                 "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025}},
+}
+#: the few-shot config's second GPA setting (its comment: StanfordCars, Flowers102, FGVCAircraft, DTD, EuroSAT)
+PROMPTSRC_FS_SHARP_GPA = {"datasets": frozenset({"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}),
+                          "gpa_mean": 45.0, "gpa_std": 5.0}
 
 # SoftCPT (configs/trainers/MTCoOp/rn50_ep50.yaml): SGD lr 0.002, 50 epochs, batch 32, cosine, 1 warm-up epoch
 for _softcpt in ("softcpt", "softcpt-nata", "softcpt-nats", "softcpt-cata", "softcpt-csta", "softcpt-cats",
@@ -246,4 +266,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
         chosen["method"].update(values)
         if epochs is not None and base == "tip-adapter-f":
             chosen["train"]["epochs"] = epochs
+    if base == "promptsrc" and preset == "paper-fs" and dataset in PROMPTSRC_FS_SHARP_GPA["datasets"]:
+        chosen["method"].update(gpa_mean=PROMPTSRC_FS_SHARP_GPA["gpa_mean"], gpa_std=PROMPTSRC_FS_SHARP_GPA["gpa_std"])
     return chosen
