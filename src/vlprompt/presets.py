@@ -119,6 +119,13 @@ for _name in ("vpt-shallow", "vpt-deep", "e2vpt"):
                       "reference": {"method": {}, "train": {**_VPT_TRAIN, "precision": "fp32", "feature_views": 0}}}
 
 
+#: Options a preset adds for a plug-in on any method (``maple+dapt``): the released DAPT code's own rules
+#: (docs/deviations.md DA15; ``dapt`` / ``dapt-g`` carry them in their own tables, unprefixed).
+_DAPT_REFERENCE = {"dapt_loss_schedule": "reference", "dapt_gradcam_rule": "reference", "dapt_gradcam_batch_size": 50}
+PLUGIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"dapt": {"reference": _DAPT_REFERENCE},
+                                                        "dapt-g": {"reference": _DAPT_REFERENCE}}
+
+
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""
     if dataset == "imagenet":
@@ -152,4 +159,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
     if base in ("coop", "clip-adapter") and preset in ("paper", "reference"):
         chosen["train"]["epochs"] = coop_epochs(shots, dataset)
+    for plugin in method.split("+")[1:]:
+        chosen["method"].update(PLUGIN_PRESETS.get(plugin, {}).get(preset, {}))
     return chosen
