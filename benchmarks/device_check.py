@@ -77,15 +77,15 @@ def peak_mib(device: torch.device) -> float | None:
 def check_names() -> list[str]:
     """Every registered method, then ``<method>+<plug-in>`` for every method a plug-in can wrap."""
     from vlprompt.methods import get_method_class, list_methods
-    from vlprompt.methods.base import _PLUGINS
+    from vlprompt.methods.base import _PLUGINS, plugin_applies
 
     bases = [n for n in list_methods() if not n.startswith("+")]
     combos = []
     for plugin in _PLUGINS:
         for b in bases:
             text_side = getattr(get_method_class(b), "has_text_side", True) or b in TEXT_CLASSIFIER
-            if b not in ("zeroshot", "linear-probe") and text_side:
-                combos.append(f"{b}+{plugin}")
+            if b not in ("zeroshot", "linear-probe") and text_side and plugin_applies(plugin, get_method_class(b)):
+                combos.append(f"{b}+{plugin}")  # a plug-in for some methods only (DAPT) declares them
     return bases + combos
 
 

@@ -32,14 +32,15 @@ FIXED_CLASSES = {"linear-probe", "softcpt-csta", "softcpt-csts"}
 def matrix_names() -> list[str]:
     """Every registered method, and every method with every plug-in that accepts it."""
     from vlprompt.methods import get_method_class
-    from vlprompt.methods.base import _PLUGINS
+    from vlprompt.methods.base import _PLUGINS, plugin_applies
 
     bases = [n for n in list_methods() if not n.startswith("+")]
     text_free = {b for b in bases if not getattr(get_method_class(b), "has_text_side", True)}
     # a closed-form fit (linear probe, Tip-Adapter's cache) has no prompts for a plug-in: DePT refuses it
     closed_form = {b for b in bases if get_method_class(b).plan.fit_features is not None}
     combos = [f"{b}+{p}" for p in _PLUGINS for b in bases
-              if b not in ("zeroshot", *closed_form, *text_free) or b in TEXT_OPTION]
+              if (b not in ("zeroshot", *closed_form, *text_free) or b in TEXT_OPTION)
+              and plugin_applies(p, get_method_class(b))]  # a plug-in for some methods (DAPT) declares them
     return bases + combos
 
 

@@ -227,6 +227,13 @@ def tune_lrs(method: str, fgvc: bool) -> tuple[float, ...] | None:
     return None if table is None else table["fgvc" if fgvc else "vtab"]
 
 
+#: Options a preset adds for a plug-in on any method (``maple+dapt``): the released DAPT code's own rules
+#: (docs/deviations.md DA15; ``dapt`` / ``dapt-g`` carry them in their own tables, unprefixed).
+_DAPT_REFERENCE = {"dapt_loss_schedule": "reference", "dapt_gradcam_rule": "reference", "dapt_gradcam_batch_size": 50}
+PLUGIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"dapt": {"reference": _DAPT_REFERENCE},
+                                                        "dapt-g": {"reference": _DAPT_REFERENCE}}
+
+
 def coop_epochs(shots: int | None, dataset: str) -> int:
     """CoOp paper schedule: 1 shot → 50 epochs, 2/4 → 100, 8/16 → 200; ImageNet always 50."""
     if dataset == "imagenet":
@@ -268,4 +275,6 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
             chosen["train"]["epochs"] = epochs
     if base == "promptsrc" and preset == "paper-fs" and dataset in PROMPTSRC_FS_SHARP_GPA["datasets"]:
         chosen["method"].update(gpa_mean=PROMPTSRC_FS_SHARP_GPA["gpa_mean"], gpa_std=PROMPTSRC_FS_SHARP_GPA["gpa_std"])
+    for plugin in method.split("+")[1:]:
+        chosen["method"].update(PLUGIN_PRESETS.get(plugin, {}).get(preset, {}))
     return chosen

@@ -333,6 +333,7 @@ class PromptMethod(nn.Module):
 _REGISTRY: dict[str, type[PromptMethod]] = {}
 _PLUGINS: dict[str, Callable[..., PromptMethod]] = {}
 _PLUGIN_CONFIGS: dict[str, type] = {}
+_PLUGIN_SCOPE: dict[str, Callable[[type], bool]] = {}
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -343,16 +344,34 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
     return cls
 
 
-def register_plugin(name: str, wrap: Callable[..., PromptMethod], config: type | None = None) -> None:
+def register_plugin(
+    name: str, wrap: Callable[..., PromptMethod], config: type | None = None,
+    applies_to: Callable[[type], bool] | None = None,
+) -> None:
     """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
 
     The plug-in's options are named ``<name>_<field>`` so they never clash with a method's;
     ``config`` is its options dataclass, so that :func:`parse_method_options` and
-    :func:`vlprompt.load_prompt` can check them.
+    :func:`vlprompt.load_prompt` can check them. ``applies_to(method_class)`` says which registered
+    methods it takes (``wrap`` refuses the others with a clear error); default: every method that
+    trains with a text side (DePT's rule, checked by ``wrap``).
     """
     _PLUGINS[name] = wrap
     if config is not None:
         _PLUGIN_CONFIGS[name] = config
+    if applies_to is not None:
+        _PLUGIN_SCOPE[name] = applies_to
+
+
+def plugin_applies(plugin: str, method_cls: type) -> bool:
+    """Whether plug-in ``plugin`` declares that it takes method class ``method_cls`` (see :func:`register_plugin`).
+
+    Example:
+        >>> plugin_applies("dapt", get_method_class("coop")), plugin_applies("dapt", get_method_class("vpt-deep"))
+        (True, False)
+    """
+    scope = _PLUGIN_SCOPE.get(plugin)
+    return True if scope is None else bool(scope(method_cls))
 
 
 
@@ -575,6 +594,12 @@ def coerce_options(
     return out
 
 
+def _plugin_fields(plugin: str) -> set[str]:
+    """The option names of a plug-in's config (``dept_weight``; ``+dapt-g`` shares ``dapt_*`` with ``+dapt``)."""
+    cfg = _PLUGIN_CONFIGS.get(plugin)
+    return set(config_fields(cfg)) if cfg is not None else set()
+
+
 def _split_name(name: str) -> tuple[str, list[str]]:
     base, *plugins = name.split("+")
     for p in plugins:
@@ -631,7 +656,7 @@ def option_docs(name: str) -> dict[str, str]:
     docs = _attribute_docs(get_method_class(base).Config)
     for p in plugins:
         if p in _PLUGIN_CONFIGS:
-            docs.update({f"{p}_{k}" if not k.startswith(f"{p}_") else k: v
+            docs.update({k if k.startswith(f"{p}_") or k in _plugin_fields(p) else f"{p}_{k}": v
                          for k, v in _attribute_docs(_PLUGIN_CONFIGS[p]).items()})
     return {k: docs.get(k, "") for k in method_options(name)}
 
@@ -653,8 +678,9 @@ def parse_method_options(name: str, options: Mapping[str, Any], parse_strings: b
         {'n_ctx': 4, 'dept_weight': 0.5}
     """
     base, plugins = _split_name(name)
+    # the method first, then its plug-ins (a plug-in may share its name with a method: "dapt+dept" vs "+dapt")
     owners: dict[str, type] = {base: get_method_class(base).Config}
-    owners.update({p: _PLUGIN_CONFIGS[p] for p in plugins if p in _PLUGIN_CONFIGS})
+    owners.update({f"+{p}" if p == base else p: _PLUGIN_CONFIGS[p] for p in plugins if p in _PLUGIN_CONFIGS})
     known = {k: owner for owner, cls in owners.items() for k in config_fields(cls)}
     unchecked = [p for p in plugins if p not in _PLUGIN_CONFIGS]  # plug-ins registered without a config
     unknown = [k for k in options if k not in known and not any(k.startswith(f"{p}_") for p in unchecked)]
@@ -745,7 +771,8 @@ def build_method(name: str, backbone: Backbone, classnames: list[str] | Any, **c
     if not classnames:
         raise ConfigError("build_method needs at least one class name")
     config = parse_method_options(name, config)
-    plugin_opts = {p: {k: v for k, v in config.items() if k.startswith(f"{p}_")} for p in plugins}
+    plugin_opts = {p: {k: v for k, v in config.items() if k.startswith(f"{p}_") or k in _plugin_fields(p)}
+                   for p in plugins}
     taken = {k for opts in plugin_opts.values() for k in opts}
     cls = get_method_class(base)
     model: PromptMethod = cls(
