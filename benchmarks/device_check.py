@@ -83,7 +83,8 @@ def check_names() -> list[str]:
     for plugin in _PLUGINS:
         for b in bases:
             text_side = getattr(get_method_class(b), "has_text_side", True) or b in TEXT_CLASSIFIER
-            if b not in ("zeroshot", "linear-probe") and text_side:
+            closed_form = get_method_class(b).plan.fit_features is not None  # linear probe, Tip-Adapter: no prompts
+            if b != "zeroshot" and not closed_form and text_side:
                 combos.append(f"{b}+{plugin}")
     return bases + combos
 
