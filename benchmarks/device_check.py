@@ -84,7 +84,8 @@ def check_names() -> list[str]:
     for plugin in _PLUGINS:
         for b in bases:
             text_side = getattr(get_method_class(b), "has_text_side", True) or b in TEXT_CLASSIFIER
-            if b not in ("zeroshot", "linear-probe") and text_side and plugin_applies(plugin, get_method_class(b)):
+            closed_form = get_method_class(b).plan.fit_features is not None  # linear probe, Tip-Adapter: no prompts
+            if b != "zeroshot" and not closed_form and text_side and plugin_applies(plugin, get_method_class(b)):
                 combos.append(f"{b}+{plugin}")  # a plug-in for some methods only (DAPT) declares them
     return bases + combos
 
