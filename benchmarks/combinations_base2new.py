@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import time
@@ -75,6 +76,15 @@ def per_seed_averages(rows: list[dict[str, Any]]) -> tuple[dict[str, list[dict[s
         b, n = mean(float(x["base"]) for x in v), mean(float(x["new"]) for x in v)  # type: ignore[arg-type]
         average[m] = {"base": b, "new": n, "hm": 2 * b * n / (b + n) if b + n else 0.0}
     return per_seed, average, len(datasets)
+
+
+def run_seconds(rows: list[dict[str, Any]]) -> float:
+    """Training plus feature-extraction seconds of the runs, as their ``results.json`` record them."""
+    total = 0.0
+    for r in rows:
+        res = json.loads((Path(r["path"]) / "results.json").read_text(encoding="utf-8"))
+        total += float(res.get("train_seconds") or 0) + float(res.get("feature_seconds") or 0)
+    return total
 
 
 def main() -> None:
@@ -132,7 +142,8 @@ def main() -> None:
         f"{' + '.join(f'`sweeps/{p.name}`' for p, _ in sweeps)}: {len(rows)} runs; backbone `{sweep.backbone}`, "
         f"{sweep.shots[0]} shots, seeds {', '.join(map(str, sweep.seeds))}, presets "
         f"{', '.join(f'`{s.presets[0]}` ({p.name})' for p, s in sweeps)}; torch {torch.__version__}, "
-        f"{platform.machine()} CPU). This invocation: {wall / 60:.1f} min wall, load average {load0:.1f} → "
+        f"{platform.machine()} CPU). Summed time of the runs (training + feature extraction, from their results): "
+        f"{run_seconds(rows) / 60:.1f} min; this invocation: {wall / 60:.1f} min wall, load average {load0:.1f} → "
         f"{load1:.1f} (finished runs are reused). Do not edit by hand: rerun the script.",
         "",
         f"Methods: {', '.join(f'`{n}`' for n in names)}. Tasks: "
@@ -152,8 +163,9 @@ def main() -> None:
                if "H for" not in s and "change of H" not in s]
     if general:
         head += ["## Against zero-shot", "", *[f"* {s}" for s in general], ""]
-    head += ["B, N: mean ± std over seeds; H = HM(mean B, mean N) (± std of the per-seed H); average row: mean of "
-             "the tasks' B and N, H of those averages.", ""]
+    if any(n.startswith("tip-adapter") for n in average):
+        head += ["Tip-Adapter's cache holds the base classes' few-shot features only, so on new classes its logits are "
+                 "zero-shot CLIP's and N equals zero-shot's by construction (docs/deviations.md T10).", ""]
     doc = Path(args.doc or ROOT / "docs" / "results" / f"{args.suite}_combinations.md")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(head) + "\n" + md.replace("# Base-to-new generalisation\n", "", 1), encoding="utf-8")

@@ -55,7 +55,8 @@ def test_multitask_and_vtab_expansion(tmp_path):
                                     ("tiny_softcpt", 4 * 2 * 3 * 3), ("tiny_vtab", 2 * 3),
                                     ("dept_base2new", 9 * 11 * 3), ("tiny_base2new", 9 * 9 * 3),
                                     ("dept_cross_dataset", 8 * 3), ("dept_domain_gen", 8 * 3),
-                                    ("tiny_domain_gen", 9 * 3)])
+                                    ("tiny_domain_gen", 9 * 3), ("tiny_combinations", 10 * 5 * 3),
+                                    ("tiny_combinations_paper", 13 * 5 * 3), ("real_combinations", 5 * 4 * 3)])
 def test_paper_sweep_files_dry_run_without_data(name, n, tmp_path, capsys):
     fake = tmp_path / "no-data"
     argv = [str(SWEEPS / f"{name}.yaml"), "--dry-run", "--data-root", str(fake), "--out", str(tmp_path / "o")]
