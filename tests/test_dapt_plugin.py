@@ -296,3 +296,59 @@ def test_plugin_presets_and_plans(tiny_bb):
     assert lang.plan.steps == "images+masks" and lang.plan.image_features and lang.mask_source == "data"
     assert vp.build_method("maple+dapt", tiny_bb, NAMES, prompt_depth=2).plan == vp.build_method(
         "dapt", tiny_bb, NAMES, prompt_depth=2).plan
+
+
+# ----------------------------------------------------------------------------- PromptSRC (an IVLP subclass)
+_PSRC = {"prompt_depth_text": 2, "prompt_depth_vision": 2}
+
+
+@pytest.mark.parametrize("name", ["promptsrc+dapt", "promptsrc+dapt-g"])
+def test_promptsrc_keeps_its_self_regulation_under_dapt(tiny_bb, name):
+    """PromptSRC's CE and SCL terms are unchanged by the plug-in; DAPT's terms, re-derived from IVLP's towers
+    (PromptSRC's prompts are IVLP's), are added with DAPT's paper weights."""
+    batch = _batch(3)
+    x, y, mask = batch["images"], batch["labels"], batch["masks"]
+    torch.manual_seed(0)
+    plain = vp.build_method("promptsrc", tiny_bb, NAMES, **_PSRC)
+    torch.manual_seed(0)
+    m = vp.build_method(name, tiny_bb, NAMES, **_PSRC)
+    assert isinstance(m, DAPTMixin) and m.plan.after_epoch and m.plan.after_training  # GPA hooks kept
+    assert m.plan.steps == "images+masks" and m.plan.before_epoch
+    assert m.mask_source == ("model" if name.endswith("-g") else "data")
+    ref, out = plain.train_outputs({"images": x, "labels": y}), m.train_outputs(batch)
+    for key in ("ce", "scl_text", "scl_image", "scl_logits"):
+        assert_fp32_close(out[key], ref[key])
+    with torch.no_grad():
+        image, class_text, bg = _towers("ivlp", m, tiny_bb)
+        zi, zf, zb = (F.normalize(image(v), dim=-1) for v in (x, x * mask, x * (1 - mask)))
+        zt, ztb = F.normalize(class_text(None), dim=-1), F.normalize(bg, dim=-1)
+        s = tiny_bb.logit_scale
+        lv = torch.clamp((zi - zf).norm(dim=-1) - (zi - zb).norm(dim=-1) + 1.5, min=0).mean()
+        lf = F.cross_entropy(s * zf @ zt.t(), y)
+        lbg = s * zb @ ztb.t()
+        lb = F.cross_entropy(lbg, lbg.argmax(-1))
+    assert_fp32_close(out["loss_visual"], lv)
+    assert_fp32_close(out["loss_fg"], lf)
+    assert_fp32_close(out["loss_bg"], lb)
+    assert_fp32_close(out["loss"], ref["loss"] + 0.8 * lv + 0.1 * lf + 0.5 * lb)
+
+
+@pytest.mark.parametrize("name", ["promptsrc+dapt", "promptsrc+dapt-g", "promptsrc+dapt+dept"])
+def test_promptsrc_plugin_names_train_save_and_load(tmp_path, cache_dir, tiny_bb, name):
+    task = vp.load_dataset("tiny/shapes", None, shots=1, seed=1, subsample="base")
+    torch.manual_seed(0)
+    model = vp.build_method(name, tiny_bb, task.classnames, **_PSRC)
+    result = vp.fit(model, task, run_dir=str(tmp_path / "run"), cache_dir=cache_dir, **_TRAIN)
+    assert result["epochs"] == 2 and 0 <= result["acc"] <= 100
+    assert json.loads((tmp_path / "run" / "prompt.json").read_text())["method"] == name
+    loaded = vp.load_prompt(tmp_path / "run", tiny_bb)
+    assert type(loaded) is type(model)
+    x = _batch()["images"]
+    with torch.no_grad():
+        model.eval()
+        assert_fp32_close(loaded(x), model(x))
+    if name.endswith("+dept"):  # DePT's CE-weighted loss, PromptSRC's and DAPT's terms at their own weights
+        out = model.train_outputs(_batch(4))
+        extra = out["scl_text"] + out["scl_image"] + out["scl_logits"]
+        dapt_terms = 0.8 * out["loss_visual"] + 0.1 * out["loss_fg"] + 0.5 * out["loss_bg"]
+        assert_fp32_close(out["loss"], 0.3 * out["ce"] + 0.7 * out["cat_ce"] + extra + dapt_terms)
