@@ -174,7 +174,7 @@ def test_text_method_trains_on_effnet_minilm(name, bb, feats, tmp_path):
     fields = {f.name for f in dataclasses.fields(get_method_class(name.split("+")[0]).Config)}
     model = vp.build_method(name, bb, NAMES, **({"n_ctx": 4} if "n_ctx" in fields else {}))
     labels = torch.tensor([0, 1, 2])
-    if name == "linear-probe":
+    if model.plan.fit_features is not None:  # closed-form fits: the linear probe, Tip-Adapter's cache
         model.fit_features((feats, labels), (feats, labels))
     elif model.needs_training:
         params = model.trainable_parameters()

@@ -12,7 +12,8 @@ from vlprompt.methods import list_methods
 
 # image-conditioned prompts must re-encode per image; no-prompt methods never encode at test time
 PER_IMAGE = {"cocoop"}
-NO_TEXT = {"zeroshot", "linear-probe", "clip-adapter"}  # clip-adapter: frozen template features, built once
+# clip-adapter, tip-adapter(-f): frozen template features, built once per class set
+NO_TEXT = {"zeroshot", "linear-probe", "clip-adapter", "tip-adapter", "tip-adapter-f"}
 CLASS_AWARE = {"softcpt-cata", "softcpt-cats", "softcpt-csta", "softcpt-csts"}
 OPTIONS = {"maple": {"prompt_depth": 2}, "dapt": {"prompt_depth": 2}, "dapt-g": {"prompt_depth": 2},
            "ivlp": {"prompt_depth_text": 2, "prompt_depth_vision": 2},
