@@ -150,6 +150,12 @@ def main() -> None:
         f"{', '.join(f'`{d.name}`' for d in sweep.datasets)}.",
         "",
     ]
+    expected = len(sweep.datasets) * len(sweep.seeds) * len(sweep.shots)
+    counts = {n: sum(1 for r in rows if r["method"] == n) for n in names}
+    short = ", ".join(f"`{n}` ({c}/{expected})" for n, c in counts.items() if c < expected)
+    if short:
+        head += [f"**Incomplete:** runs still missing for {short}; their averages and plug-in rows are left out "
+                 "until every task and seed has run (rerun the script: finished runs are kept).", ""]
     for plugin, bases in PLUGINS.items():
         lines = plugin_effect_lines(tables, bases, plugin=plugin)
         if len(lines) <= 3:  # header, rule and the reference row only: no pair ran
