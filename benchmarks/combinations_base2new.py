@@ -131,6 +131,10 @@ def main() -> None:
     rows = [r for r in collect(sweep.out) if r["protocol"] == "base2new" and r["dataset"] in labels]
     if not rows:
         raise SystemExit(f"no finished base-to-new runs under {sweep.out}")
+    expected = len(sweep.datasets) * len(sweep.seeds) * len(sweep.shots)
+    counts = {n: sum(1 for r in rows if r["method"] == n) for n in names}
+    incomplete = {n for n, c in counts.items() if c < expected}
+    rows = [r for r in rows if r["method"] not in incomplete]  # a partial average would mislead
     tables = base2new_tables(rows)
     per_seed, average, n_tasks = per_seed_averages(rows)
     md = render_base2new(tables)["base2new.md"]
@@ -150,12 +154,10 @@ def main() -> None:
         f"{', '.join(f'`{d.name}`' for d in sweep.datasets)}.",
         "",
     ]
-    expected = len(sweep.datasets) * len(sweep.seeds) * len(sweep.shots)
-    counts = {n: sum(1 for r in rows if r["method"] == n) for n in names}
-    short = ", ".join(f"`{n}` ({c}/{expected})" for n, c in counts.items() if c < expected)
+    short = ", ".join(f"`{n}` ({counts[n]}/{expected} runs)" for n in names if n in incomplete)
     if short:
-        head += [f"**Incomplete:** runs still missing for {short}; their averages and plug-in rows are left out "
-                 "until every task and seed has run (rerun the script: finished runs are kept).", ""]
+        head += [f"**Incomplete:** runs still missing for {short}; these methods are left out of every table "
+                 "until each task and seed has run (rerun the script: finished runs are kept).", ""]
     for plugin, bases in PLUGINS.items():
         lines = plugin_effect_lines(tables, bases, plugin=plugin)
         if len(lines) <= 3:  # header, rule and the reference row only: no pair ran
@@ -171,7 +173,8 @@ def main() -> None:
         head += ["## Against zero-shot", "", *[f"* {s}" for s in general], ""]
     if any(n.startswith("tip-adapter") for n in average):
         head += ["Tip-Adapter's cache holds the base classes' few-shot features only, so on new classes its logits are "
-                 "zero-shot CLIP's and N equals zero-shot's by construction (docs/deviations.md T10).", ""]
+                 "zero-shot CLIP's (docs/deviations.md T10), computed in fp32 where the zero-shot runs use bf16 "
+                 "autocast: a difference in N between them is rounding, not the cache.", ""]
     doc = Path(args.doc or ROOT / "docs" / "results" / f"{args.suite}_combinations.md")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(head) + "\n" + md.replace("# Base-to-new generalisation\n", "", 1), encoding="utf-8")
