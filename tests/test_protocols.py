@@ -41,6 +41,32 @@ def test_presets():
         resolve_preset("coop", "papr")
 
 
+def test_dataset_rules_name_real_presets_and_fields():
+    """Values a paper picks by shots / dataset live in presets.DATASET_RULES (no method names in resolve_preset):
+    each rule belongs to an existing preset and only sets options the method's Config or TrainConfig has."""
+    import dataclasses
+
+    from vlprompt.engine.config import TrainConfig
+    from vlprompt.methods.base import get_method_class
+    from vlprompt.presets import DATASET_RULES, PRESETS
+
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for method, rules in DATASET_RULES.items():
+        fields = {f.name for f in dataclasses.fields(get_method_class(method).Config)}
+        for preset, rule in rules.items():
+            assert preset in PRESETS[method], (method, preset)
+            for shots in (None, 1, 4, 16):
+                for dataset in ("", "imagenet", "eurosat", "dtd", "stanford_cars", "tiny_shapes"):
+                    out = rule(shots, dataset)
+                    assert set(out) <= {"method", "train"} and set(out["method"]) <= fields, (method, preset)
+                    assert set(out["train"]) <= train_fields, (method, preset)
+    assert resolve_preset("tip-adapter-f", "paper", dataset="eurosat")["train"]["epochs"] == 100
+    assert "epochs" not in resolve_preset("tip-adapter", "paper", dataset="eurosat")["train"]
+    assert resolve_preset("promptsrc", "paper-fs", dataset="dtd")["method"]["gpa_std"] == 5.0
+    assert resolve_preset("promptsrc", "paper-fs", dataset="imagenet")["method"]["gpa_std"] == 30.0
+    assert resolve_preset("clip-adapter+dept", "reference", shots=2, dataset="dtd")["train"]["epochs"] == 100
+
+
 def test_reference_preset_exists_for_every_trained_method_of_the_seeds():
     """The reference pattern: the paper configuration, fp16 CLIP on a GPU / fp32 on CPU, no feature cache,
     and the reference's own rules (KgCoOp fp16 targets, DAPT loss switch + Grad-CAM rule);

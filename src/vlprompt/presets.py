@@ -16,11 +16,14 @@ docs/deviations.md ("The reference preset").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
 
 Preset = dict[str, dict[str, Any]]
+#: A dataset rule: ``(shots, dataset) -> {"method": {...}, "train": {...}}`` overlaid on a preset's values.
+DatasetRule = Callable[[int | None, str], Preset]
 
 _DEPT_TRAIN = {"epochs": 10, "batch_size": 4, "lr": 0.0035}
 
@@ -243,6 +246,41 @@ def coop_epochs(shots: int | None, dataset: str) -> int:
     return 50 if shots == 1 else 100
 
 
+def _coop_schedule(shots: int | None, dataset: str) -> Preset:
+    return {"method": {}, "train": {"epochs": coop_epochs(shots, dataset)}}
+
+
+def _tip_adapter_values(shots: int | None, dataset: str) -> Preset:
+    values = tip_adapter_dataset(dataset)
+    values.pop("epochs", None)  # Tip-Adapter (training-free) has no epochs
+    return {"method": values, "train": {}}
+
+
+def _tip_adapter_f_values(shots: int | None, dataset: str) -> Preset:
+    values = tip_adapter_dataset(dataset)
+    epochs = values.pop("epochs", None)
+    return {"method": values, "train": {} if epochs is None else {"epochs": epochs}}
+
+
+def _promptsrc_fs_gpa(shots: int | None, dataset: str) -> Preset:
+    if dataset not in PROMPTSRC_FS_SHARP_GPA["datasets"]:
+        return {"method": {}, "train": {}}
+    return {"method": {"gpa_mean": PROMPTSRC_FS_SHARP_GPA["gpa_mean"], "gpa_std": PROMPTSRC_FS_SHARP_GPA["gpa_std"]},
+            "train": {}}
+
+
+#: Per method and preset: the rule that sets the values a paper's configuration chooses by shots or dataset
+#: (CoOp's epochs by shots, Tip-Adapter's per-dataset config files, PromptSRC's few-shot GPA comment).
+#: :func:`resolve_preset` applies it after the preset's fixed values; a new method adds its rule here.
+DATASET_RULES: dict[str, dict[str, DatasetRule]] = {
+    "coop": {"paper": _coop_schedule, "reference": _coop_schedule},
+    "clip-adapter": {"paper": _coop_schedule, "reference": _coop_schedule},
+    "tip-adapter": {"paper": _tip_adapter_values, "reference": _tip_adapter_values},
+    "tip-adapter-f": {"paper": _tip_adapter_f_values, "reference": _tip_adapter_f_values},
+    "promptsrc": {"paper-fs": _promptsrc_fs_gpa},
+}
+
+
 #: Methods without a training loop: any preset name resolves to their defaults (so one sweep grid with
 #: ``presets: [dept]`` can hold zero-shot next to the trained methods).
 TRAINING_FREE = frozenset({"zeroshot"})
@@ -265,16 +303,10 @@ def resolve_preset(method: str, preset: str | None, shots: int | None = None, da
         known = {m: sorted(p) for m, p in PRESETS.items()}
         raise ConfigError(f"no preset {preset!r} for method {base!r}; presets: {known}")
     chosen = {"method": dict(table[preset]["method"]), "train": dict(table[preset]["train"])}
-    if base in ("coop", "clip-adapter") and preset in ("paper", "reference"):
-        chosen["train"]["epochs"] = coop_epochs(shots, dataset)
-    if base in ("tip-adapter", "tip-adapter-f") and preset in ("paper", "reference"):  # the dataset's config
-        values = tip_adapter_dataset(dataset)
-        epochs = values.pop("epochs", None)
-        chosen["method"].update(values)
-        if epochs is not None and base == "tip-adapter-f":
-            chosen["train"]["epochs"] = epochs
-    if base == "promptsrc" and preset == "paper-fs" and dataset in PROMPTSRC_FS_SHARP_GPA["datasets"]:
-        chosen["method"].update(gpa_mean=PROMPTSRC_FS_SHARP_GPA["gpa_mean"], gpa_std=PROMPTSRC_FS_SHARP_GPA["gpa_std"])
+    rule = DATASET_RULES.get(base, {}).get(preset)
+    if rule is not None:  # the preset's values that depend on the shots or the dataset
+        for part, values in rule(shots, dataset).items():
+            chosen[part].update(values)
     for plugin in method.split("+")[1:]:
         chosen["method"].update(PLUGIN_PRESETS.get(plugin, {}).get(preset, {}))
     return chosen
