@@ -143,8 +143,10 @@ class DAPTSettings:
 
 
 @dataclass(frozen=True)
-class DAPTConfig(MaPLeConfig):
+class DAPTConfig(DAPTSettings, MaPLeConfig):
     """DAPT options (MaPLe's ``n_ctx=2``, ``ctx_init="a photo of a"``, ``prompt_depth=9`` plus these).
+
+    The fields are MaPLe's, then :class:`DAPTSettings`'s (the base classes' order gives that field order).
 
     Attributes:
         masks: ``"data"`` (DAPT-S: masks from disk, in ``batch["masks"]``) or ``"gradcam"``
@@ -168,23 +170,9 @@ class DAPTConfig(MaPLeConfig):
             the maximum over the whole Grad-CAM batch (+ 1e-6), binarised at the threshold.
     """
 
-    masks: MaskKind = "data"
-    loss_schedule: Schedule = "paper"
-    weight_visual: float = 0.8
-    weight_fg: float = 0.1
-    weight_bg: float = 0.5
-    margin: float = 1.5
-    switch_epoch: int = 6
-    background_classes: tuple[str, ...] = BACKGROUND_CLASSES
-    background_template: str = BACKGROUND_TEMPLATE
-    gradcam_threshold: float = 0.5
-    gradcam_batch_size: int = 32
-    gradcam_rule: GradcamRule = "image"
-
     def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "background_classes", tuple(self.background_classes))  # lists from JSON
-        DAPTSettings.of(self)  # the checks
+        MaPLeConfig.__post_init__(self)
+        DAPTSettings.__post_init__(self)  # the tuple conversion and the checks
 
 
 @dataclass(frozen=True)
