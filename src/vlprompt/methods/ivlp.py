@@ -35,8 +35,8 @@ from torch import nn
 
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
-from .base import PromptMethod, TrainingPlan, register_method
-from .prompting import ClassPrompts, check_text_tokens, phrase_context
+from .base import TrainingPlan, register_method
+from .prompting import ClassPrompts, DeepTextPromptMethod, check_text_tokens, phrase_context
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class IVLPConfig:
 
 
 @register_method
-class IVLP(PromptMethod):
+class IVLP(DeepTextPromptMethod):
     """Independent vision-language prompting: uncoupled deep prompts in the text and the image tower.
 
     Example:
@@ -133,18 +133,11 @@ class IVLP(PromptMethod):
             self.plan = TrainingPlan()
         self.prompts = ClassPrompts(backbone, classnames, n, self._placeholder())
 
-    def _placeholder(self) -> str:
-        return self.config.ctx_init or " ".join(["X"] * self.n_ctx)
-
     @staticmethod
     def _init_ctx(backbone: Backbone, config: IVLPConfig) -> torch.Tensor:
         return phrase_context(backbone, config.n_ctx_text, config.ctx_init, "ivlp n_ctx_text")
 
     # ------------------------------------------------------------------ prompts
-    def set_classnames(self, classnames: list[str]) -> None:
-        super().set_classnames(classnames)
-        self.prompts.build(self.backbone, classnames, self._placeholder())
-
     def deep_text_prompts(self) -> dict[int, torch.Tensor]:
         """``{k: P_k}`` for text blocks ``k = 1..J_t-1``."""
         return {k + 1: self.deep_text_ctx[k] for k in range(self.deep_text_ctx.shape[0])}
@@ -157,18 +150,6 @@ class IVLP(PromptMethod):
         return VisualPrompts(tokens=self.visual_ctx, layout="append", deep=deep)
 
     # ------------------------------------------------------------------ features
-    def shares_prefix(self) -> bool:
-        """Whether the class prompts go through the shared-prefix text path (see ``share_prefix``)."""
-        return self.config.share_prefix and getattr(self.backbone, "supports_prefix_sharing", False)
-
-    def raw_text_features(self) -> torch.Tensor:
-        if self.shares_prefix():
-            prefix, suffix = self.prompts.shared_parts(self.ctx)
-            return self.backbone.encode_text_shared(prefix, suffix, self.prompts.eot_idx,
-                                                    deep_prompts=self.deep_text_prompts())[0]
-        embeds = self.prompts.assemble(self.ctx)
-        return self.backbone.encode_text(embeds, self.prompts.eot_idx, deep_prompts=self.deep_text_prompts())
-
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Raw image features of the (prompted, if there are visual prompts) image tower."""
         prompts = self.visual_prompts()

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
-from .base import PromptMethod, TrainingPlan, register_method
-from .prompting import ClassPrompts, check_text_tokens, phrase_context
+from .base import TrainingPlan, register_method
+from .prompting import ClassPrompts, DeepTextPromptMethod, check_text_tokens, phrase_context
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class MaPLeConfig:
 
 
 @register_method
-class MaPLe(PromptMethod):
+class MaPLe(DeepTextPromptMethod):
     """Multi-modal prompt learning: coupled deep prompts in the text and the image tower.
 
     Logits ``logit_scale · cos(f(x; V), g(t; P))``; loss cross-entropy. ViT backbones only.
@@ -114,18 +114,11 @@ class MaPLe(PromptMethod):
         self.couplings.to(backbone.device)
         self.prompts = ClassPrompts(backbone, classnames, n, self._placeholder())
 
-    def _placeholder(self) -> str:
-        return self.config.ctx_init or " ".join(["X"] * self.n_ctx)
-
     @staticmethod
     def _init_ctx(backbone: Backbone, config: MaPLeConfig) -> torch.Tensor:
         return phrase_context(backbone, config.n_ctx, config.ctx_init, "maple n_ctx")
 
     # ------------------------------------------------------------------ prompts
-    def set_classnames(self, classnames: list[str]) -> None:
-        super().set_classnames(classnames)
-        self.prompts.build(self.backbone, classnames, self._placeholder())
-
     def deep_text_prompts(self) -> dict[int, torch.Tensor]:
         """``{k: P_k}`` for text blocks ``k = 1..J-1``."""
         return {k + 1: self.deep_ctx[k] for k in range(self.deep_ctx.shape[0])}
@@ -136,18 +129,6 @@ class MaPLe(PromptMethod):
         return VisualPrompts(tokens=self.couplings[0](self.ctx), layout="append", deep=deep)
 
     # ------------------------------------------------------------------ features
-    def shares_prefix(self) -> bool:
-        """Whether the class prompts go through the shared-prefix text path (see ``share_prefix``)."""
-        return self.config.share_prefix and getattr(self.backbone, "supports_prefix_sharing", False)
-
-    def raw_text_features(self) -> torch.Tensor:
-        if self.shares_prefix():  # deep prompts replace positions 1..n_ctx: inside the shared prefix
-            prefix, suffix = self.prompts.shared_parts(self.ctx)
-            return self.backbone.encode_text_shared(prefix, suffix, self.prompts.eot_idx,
-                                                    deep_prompts=self.deep_text_prompts())[0]
-        embeds = self.prompts.assemble(self.ctx)
-        return self.backbone.encode_text(embeds, self.prompts.eot_idx, deep_prompts=self.deep_text_prompts())
-
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Raw image features of the prompted image tower (with gradients to the prompts)."""
         return self.backbone.encode_image(images, self.visual_prompts())

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import ConfigError
+from .base import PromptMethod
 
 ClassPosition = Literal["end", "middle", "front"]
 
@@ -164,3 +165,41 @@ class ClassPrompts(nn.Module):
         if self.position == "end":
             return x
         return torch.gather(x, 1, self.order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class DeepTextPromptMethod(PromptMethod):
+    """The text side of deep prompt methods (MaPLe, IVLP): a context ``ctx`` ``P_0`` from the init phrase
+    (``config.ctx_init``; ``X`` placeholders when empty) inserted at positions ``1..n_ctx`` of each class
+    prompt, and deep prompts ``P_k`` that replace those positions before text block ``k``.
+
+    A subclass sets ``ctx``, ``n_ctx`` and ``prompts`` (a :class:`ClassPrompts` built with
+    :meth:`_placeholder`) and defines :meth:`deep_text_prompts`; its Config has ``ctx_init`` and
+    ``share_prefix``.
+    """
+
+    ctx: nn.Parameter
+    n_ctx: int
+    prompts: ClassPrompts
+
+    def _placeholder(self) -> str:
+        return self.config.ctx_init or " ".join(["X"] * self.n_ctx)
+
+    def deep_text_prompts(self) -> dict[int, torch.Tensor]:
+        """``{k: P_k}`` for the prompted text blocks after the first."""
+        raise NotImplementedError
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        self.prompts.build(self.backbone, classnames, self._placeholder())
+
+    def shares_prefix(self) -> bool:
+        """Whether the class prompts go through the shared-prefix text path (see ``share_prefix``)."""
+        return self.config.share_prefix and getattr(self.backbone, "supports_prefix_sharing", False)
+
+    def raw_text_features(self) -> torch.Tensor:
+        if self.shares_prefix():  # deep prompts replace positions 1..n_ctx: inside the shared prefix
+            prefix, suffix = self.prompts.shared_parts(self.ctx)
+            return self.backbone.encode_text_shared(prefix, suffix, self.prompts.eot_idx,
+                                                    deep_prompts=self.deep_text_prompts())[0]
+        embeds = self.prompts.assemble(self.ctx)
+        return self.backbone.encode_text(embeds, self.prompts.eot_idx, deep_prompts=self.deep_text_prompts())
