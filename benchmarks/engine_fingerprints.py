@@ -5,7 +5,9 @@ Each run (tiny-clip, fp32, CPU, 2 epochs, 2 shots, its own fresh feature cache) 
 ``prompt.json`` and ``split.json``; base-to-new runs add their new-class evaluation. The runs are: every
 method; ``+dept`` on every method that takes it; DAPT-S / DAPT-G with both loss and Grad-CAM rules;
 SoftCPT, coop-mt and zero-shot group runs; CoOp on images, with bf16, with clipping + AdamW; runs
-interrupted after epoch 0 and resumed; and E2VPT's pruning and rewinding. Two fingerprint files taken
+interrupted after epoch 0 and resumed; E2VPT's pruning and rewinding; IVLP (with and without visual
+prompts), PromptSRC, CLIP-Adapter, Tip-Adapter(-F), the ViT baselines and the plug-in combinations
+(``+dept`` / ``+dapt`` / ``+dapt-g`` on them, ``promptsrc+dapt+dept``). Two fingerprint files taken
 before and after a change must be equal.
 
 Usage (repository root)::
@@ -42,6 +44,7 @@ Run = tuple[str, str, str, str, bool, dict[str, Any], dict[str, Any]]
 def runs() -> list[Run]:
     depth = {"prompt_depth": 2}  # tiny-clip has 3 text / 4 vision blocks
     text = {"classifier": "text"}
+    ivlp = {"prompt_depth_text": 2, "prompt_depth_vision": 2}
     out: list[Run] = [
         ("zeroshot", "zeroshot", "tiny/shapes", "base", True, {}, {}),
         ("linear-probe", "linear-probe", "tiny/shapes", "all", False, {}, {}),
@@ -68,6 +71,24 @@ def runs() -> list[Run]:
         ("dapt+dept", "dapt+dept", "tiny/shapes", "base", True, depth, {}),
         ("dapt-g+dept", "dapt-g+dept", "tiny/shapes", "base", True, depth, {}),
         ("vpt-deep+dept", "vpt-deep+dept", "tiny/shapes", "base", True, text, {}),
+        # issue 19's methods and plug-in combinations
+        ("ivlp", "ivlp", "tiny/shapes", "base", True, ivlp, {}),
+        ("ivlp-language", "ivlp", "tiny/shapes", "base", True, {"prompt_depth_text": 2, "prompt_depth_vision": 0},
+         {}),
+        ("promptsrc", "promptsrc", "tiny/shapes", "base", True, {**ivlp, "gpa_mean": 1.0, "gpa_std": 1.0}, {}),
+        ("clip-adapter", "clip-adapter", "tiny/shapes", "base", True, {}, {}),
+        ("tip-adapter", "tip-adapter", "tiny/shapes", "base", True, {"augment_views": 2}, {}),
+        ("tip-adapter-f", "tip-adapter-f", "tiny/shapes", "base", True, {"augment_views": 2}, {}),
+        ("linear", "linear", "tiny/shapes", "base", False, {}, {}),
+        ("finetune", "finetune", "tiny/shapes", "base", False, {}, {}),
+        ("ivlp+dept", "ivlp+dept", "tiny/shapes", "base", True, ivlp, {}),
+        ("promptsrc+dept", "promptsrc+dept", "tiny/shapes", "base", True, ivlp, {}),
+        ("clip-adapter+dept", "clip-adapter+dept", "tiny/shapes", "base", True, {}, {}),
+        ("coop+dapt", "coop+dapt", "tiny/shapes", "base", True, {}, {}),
+        ("cocoop+dapt-g", "cocoop+dapt-g", "tiny/shapes", "base", True, {}, {}),
+        ("maple+dapt", "maple+dapt", "tiny/shapes", "base", True, depth, {}),
+        ("ivlp+dapt-g", "ivlp+dapt-g", "tiny/shapes", "base", True, ivlp, {}),
+        ("promptsrc+dapt+dept", "promptsrc+dapt+dept", "tiny/shapes", "base", True, ivlp, {}),
     ]
     for m in ("coop-mt", "softcpt", "softcpt-nata", "softcpt-nats", "softcpt-cata", "softcpt-csta", "softcpt-cats",
               "softcpt-csts", "softcpt+dept", "coop-mt+dept", "zeroshot"):
