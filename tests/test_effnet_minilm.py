@@ -219,3 +219,66 @@ def test_vit_methods_refuse_effnet_minilm(name, bb):
     with pytest.raises(ConfigError, match="ViT") as err:
         vp.build_method(name, bb, NAMES)
     assert "effnet-minilm" in str(err.value)
+
+
+# ------------------------------------------------------------------ deep language prompts (IVLP / PromptSRC)
+def _blockwise_sentence_embedding(bb, x: torch.Tensor, deep: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Re-derivation without the hooks: MiniLM's embeddings, then each block by hand with positions 1..n of its
+    input replaced by P_k, then the mean over positions (every position valid: no attention mask needed)."""
+    tm = bb.text_model
+    h = tm.embeddings(inputs_embeds=x)
+    for k, layer in enumerate(tm.encoder.layer):
+        if k in deep:
+            p = deep[k].unsqueeze(0).expand(h.shape[0], -1, -1)
+            h = torch.cat([h[:, :1], p, h[:, 1 + p.shape[1]:]], dim=1)
+        out = layer(h)
+        h = out[0] if isinstance(out, tuple) else out
+    return F.normalize(h.mean(1), dim=-1)
+
+
+def test_deep_text_prompts_equal_a_block_by_block_rederivation(bb):
+    torch.manual_seed(0)
+    tok = bb.tokenize(["a photo of a cat.", "a photo of a dog."])
+    assert int(bb.eot_index(tok)[0]) == int(bb.eot_index(tok)[1])  # same length: no padding inside the pass
+    eot = bb.eot_index(tok)
+    x = bb.embed(tok)[:, : int(eot[0]) + 1]
+    deep = {k: torch.randn(3, bb.text_width) * 0.02 for k in (1, 2, 5)}
+    with torch.no_grad():
+        ours = bb.sentence_embedding(x, eot, deep)
+        ref = _blockwise_sentence_embedding(bb, x, deep)
+        plain = bb.sentence_embedding(x, eot)
+        assert torch.allclose(_blockwise_sentence_embedding(bb, x, {}), plain, atol=1e-5)
+    assert (ours - ref).abs().max() < 1e-5
+    assert (ours - plain).abs().max() > 1e-3  # the prompts change the features
+    with torch.no_grad():  # the hooks are removed after the pass
+        assert torch.equal(bb.sentence_embedding(x, eot), plain)
+    p = torch.zeros(2, bb.text_width, requires_grad=True)
+    bb.encode_text(bb.embed(tok), eot, deep_prompts={1: p}).sum().backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("deep", [{0: 1}, {6: 1}])
+def test_deep_text_prompts_outside_blocks_1_to_5_are_refused(bb, deep):
+    tok = bb.tokenize(["a photo of a cat."])
+    with pytest.raises(ConfigError, match="blocks 1..5"):
+        bb.encode_text(bb.embed(tok), bb.eot_index(tok),
+                       deep_prompts={k: torch.zeros(v, bb.text_width) for k, v in deep.items()})
+
+
+@pytest.mark.parametrize("name", ["ivlp", "promptsrc", "ivlp+dept", "promptsrc+dept"])
+def test_language_only_deep_prompt_methods_train_on_effnet_minilm(name, bb, feats, tmp_path):
+    torch.manual_seed(0)
+    model = vp.build_method(name, bb, NAMES, n_ctx_text=4, prompt_depth_text=6, prompt_depth_vision=0)
+    assert model.plan.steps == "image-features"  # no visual prompts: the frozen image tower's cached features
+    params = model.trainable_parameters()
+    out = model.loss({"features": feats, "labels": torch.tensor([0, 1, 2])})
+    out["loss"].backward()
+    assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), name
+    with torch.no_grad():
+        logits = model.logits_from_features(feats, model.eval_text_features())
+    vp.save_prompt(model, tmp_path / "p.safetensors")
+    loaded = vp.load_prompt(tmp_path / "p.safetensors", bb)
+    with torch.no_grad():
+        assert torch.allclose(loaded.logits_from_features(feats, loaded.eval_text_features()), logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="ViT"):  # visual prompts still need a ViT image tower
+        vp.build_method(name, bb, NAMES, prompt_depth_text=6, prompt_depth_vision=2)

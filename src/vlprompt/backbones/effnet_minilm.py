@@ -46,6 +46,7 @@ from ..cache import cache_root
 from ..errors import ConfigError
 from .alignment import LAMBDA_GRID, RidgeFit, fit_ridge_map
 from .base import Backbone, ImageOutput, VisualPrompts
+from .blocks import replace_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -230,19 +231,42 @@ class EffNetMiniLMBackbone(Backbone):
         """Frozen word-piece embeddings ``(N, L, text_width)`` (position/type embeddings come later)."""
         return self.text_model.get_input_embeddings()(tokens.to(self.device))
 
-    def sentence_embedding(self, embeds: torch.Tensor, eot_idx: torch.Tensor) -> torch.Tensor:
+    def sentence_embedding(self, embeds: torch.Tensor, eot_idx: torch.Tensor,
+                           deep_prompts: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """MiniLM sentence embeddings ``(N, text_width)``: mean over positions ``0..eot``, L2-normalised.
 
-        Equals the package's ``SentenceTransformer.encode`` for plain token embeddings.
+        Equals the package's ``SentenceTransformer.encode`` for plain token embeddings. ``deep_prompts``
+        ``{k: (n, text_width)}``: before MiniLM block ``k`` (1 <= k < ``n_text_layers``) the hidden states at
+        positions ``1..n`` are replaced by the given tokens (deep language prompting, as the CLIP towers do).
         """
         eot_idx = eot_idx.to(embeds.device)
         length = int(eot_idx.max().item()) + 1
         x = embeds[:, :length]
         mask = (torch.arange(length, device=x.device).unsqueeze(0) <= eot_idx.unsqueeze(1)).long()
-        hidden = self.text_model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        handles = [self._deep_prompt_hook(k, t) for k, t in sorted((deep_prompts or {}).items())]
+        try:
+            hidden = self.text_model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        finally:
+            for h in handles:
+                h.remove()
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
         return F.normalize(pooled, dim=-1) if self.normalize_sentence else pooled
+
+    def _deep_prompt_hook(self, layer: int, tokens: torch.Tensor) -> Any:
+        """A forward pre-hook on MiniLM block ``layer`` that puts ``tokens`` at positions ``1..n`` of its input."""
+        if not 1 <= layer < self.n_text_layers:
+            raise ConfigError(f"{NAME}: deep text prompts go before blocks 1..{self.n_text_layers - 1}, got block "
+                              f"{layer}")
+        if tokens.dim() != 2 or tokens.shape[1] != self.text_width:
+            raise ConfigError(f"{NAME}: a deep text prompt must be (n, {self.text_width}), got {tuple(tokens.shape)}")
+
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if args:
+                return (replace_tokens(args[0], 1, tokens), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replace_tokens(kwargs["hidden_states"], 1, tokens)}
+
+        return self.text_model.encoder.layer[layer].register_forward_pre_hook(hook, with_kwargs=True)
 
     def encode_text(
         self,
@@ -256,17 +280,13 @@ class EffNetMiniLMBackbone(Backbone):
         Args:
             embeds: ``(N, L, text_width)`` word embeddings (learned context already inserted).
             eot_idx: ``(N,)`` ``[SEP]`` positions.
-            deep_prompts: not supported (MiniLM is driven from its input only).
+            deep_prompts: ``{layer: (n_ctx, text_width)}``; before MiniLM block ``layer`` positions
+                ``1..n_ctx`` are replaced by the given tokens (IVLP / PromptSRC language-only).
             normalize: L2-normalise the output.
         """
-        if deep_prompts:
-            raise ConfigError(
-                f"{NAME}: deep text prompts are not supported (MaPLe/DAPT-style methods need a CLIP "
-                "backbone); shallow context (CoOp, CoCoOp, KgCoOp, SoftCPT, DePT) works"
-            )
         if not self.aligned:
             raise ConfigError(f"{NAME}: the text→image alignment is not set; load it with load_backbone({NAME!r})")
-        s = self.sentence_embedding(embeds, eot_idx)
+        s = self.sentence_embedding(embeds, eot_idx, deep_prompts)
         x = s @ self.align_weight.to(s.dtype) + self.align_bias.to(s.dtype)
         return F.normalize(x, dim=-1) if normalize else x
 
