@@ -171,6 +171,12 @@ def main() -> None:
                if "H for" not in s and "change of H" not in s]
     if general:
         head += ["## Against zero-shot", "", *[f"* {s}" for s in general], ""]
+    if args.suite == "real" and any(n.split("+")[0] in ("ivlp", "promptsrc") for n in average):
+        head += ["IVLP and PromptSRC run language-only here: effnet-minilm's image tower is a CNN, so their prompts go "
+                 "into the 6 MiniLM blocks only (`prompt_depth_vision=0`; IVLP in the MaPLe repository's "
+                 "language-only config `paper-language`, PromptSRC in its base-to-new `paper` config without vision "
+                 "prompts, where its image L1 term is zero). DAPT needs a ViT (DAPT-G) or mask files (DAPT-S) and "
+                 "runs on the tiny suite only.", ""]
     if any(n.startswith("tip-adapter") for n in average):
         head += ["Tip-Adapter's cache holds the base classes' few-shot features only, so on new classes its logits are "
                  "zero-shot CLIP's (docs/deviations.md T10), computed in fp32 where the zero-shot runs use bf16 "
