@@ -2,7 +2,7 @@
 CoOp + DePT (both trained on the base classes) and the "oracle" (CoOp trained on all classes, the
 reference's ``OracleStats``), 16 shots, DePT's 10-epoch configuration (``--preset dept``), seeds 1-3.
 
-Suites: ``tiny`` (tiny-clip on tiny/digits, a tiny task with a base-new gap) and
+Suites: ``tiny`` (tiny-clip on tiny/digits and tiny/real_textures, the tiny tasks with a base-new gap) and
 ``real`` (effnet-minilm on real/fashion_mnist). Runs are resumable (finished runs are skipped). For each
 suite the analysis (:func:`vlprompt.analysis.channels.analyze_runs`) writes ``channels.csv``, ``channels.md`` and
 ``channels.png`` to ``<out>/<suite>/analysis/``; the mean over seeds goes into the generated block of
@@ -31,7 +31,7 @@ from vlprompt.report.tables import mean_std
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = {
-    "tiny": {"backbone": "tiny-clip", "datasets": ["tiny/digits"]},
+    "tiny": {"backbone": "tiny-clip", "datasets": ["tiny/digits", "tiny/real_textures"]},
     "real": {"backbone": "effnet-minilm", "datasets": ["real/fashion_mnist"]},
 }
 #: (method, subsample the prompt is trained on); ("coop", "all") is the reference's oracle
@@ -82,7 +82,7 @@ def mean_rows(results: list[RunImportance]) -> list[str]:
 
 def _rel(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(ROOT))
+        return str(path.absolute().relative_to(ROOT))
     except ValueError:
         return str(path)
 

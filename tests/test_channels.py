@@ -220,7 +220,7 @@ def test_figure_panels_one_row_per_dataset_first_seed_per_label():
     assert len(axes) == 2 * 3  # per dataset: two run labels (their first seed) + the ratio density
     titles = [a.get_title() for a in axes]
     assert titles[0] == "coop (base)\nseed 1" and titles[1] == "coop+dept (base)\nseed 1" and titles[2] == "toy: ratio"
-    assert "1st-99th percentile" in axes[2].get_xlabel()
+    assert "5th-95th percentile" in axes[2].get_xlabel()
     legend = axes[2].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["coop (base)", "coop+dept (base)"]
     import matplotlib.pyplot as plt
