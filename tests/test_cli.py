@@ -172,3 +172,23 @@ def test_datasets_root_reports_present_incomplete_missing_and_checks_images(tmp_
     assert main(["datasets", "--root", str(tmp_path), "--check"]) == 1
     out = capsys.readouterr().out
     assert f"unreadable: {bad}" in out and "1 unreadable image(s)" in out
+
+
+def test_methods_lists_and_describes_plugins(capsys):
+    from vlprompt.methods.base import plugin_targets
+
+    assert main(["methods"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for p in ("+dept", "+dapt", "+dapt-g"):
+        assert len(listed[p].split(maxsplit=1)) == 2, p  # a description, not an empty row
+    assert "(on: cocoop, coop, ivlp, kgcoop, maple, promptsrc)" in listed["+dapt"]
+    assert plugin_targets("dept") is None and "vpt-deep" not in plugin_targets("dapt-g")
+    assert main(["methods", "+dapt-g"]) in (None, 0)
+    out = capsys.readouterr().out
+    assert out.startswith("+dapt-g: DAPT-G") and "dapt_masks = 'gradcam'" in out and "Grad-CAM" in out
+    assert "reference: dapt_loss_schedule='reference'" in out
+    assert main(["methods", "+dept"]) in (None, 0)
+    out = capsys.readouterr().out
+    assert "dept_weight = 0.7   [float]" in out and "checked when built" in out
+    assert main(["methods", "+nope"]) == 2
+    assert "unknown plug-in 'nope'" in capsys.readouterr().err

@@ -328,9 +328,15 @@ def cmd_methods(args: argparse.Namespace) -> None:
     if args.name:
         _describe_method(args.name)
         return
+    from .methods.base import plugin_summary, plugin_targets
+
     for name in list_methods():
-        doc = "" if name.startswith("+") else (get_method_class(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:16s} {doc}")
+        if name.startswith("+"):
+            targets = plugin_targets(name[1:])
+            on = _ANY_TEXT_METHOD if targets is None else ", ".join(targets)
+            print(f"{name:16s} {plugin_summary(name[1:])} (on: {on})")
+            continue
+        print(f"{name:16s} {(get_method_class(name).__doc__ or '').strip().splitlines()[0]}")
 
 
 def _describe_method(name: str) -> None:
@@ -341,6 +347,9 @@ def _describe_method(name: str) -> None:
     from .methods.base import _split_name, describe_type, get_method_class, method_options, option_docs
     from .presets import PRESETS, TRAINING_FREE
 
+    if name.startswith("+"):
+        _describe_plugin(name[1:])
+        return
     base, _ = _split_name(name)
     cls = get_method_class(base)
     print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
@@ -360,6 +369,34 @@ def _describe_method(name: str) -> None:
         print(f"  {preset}: " + (", ".join(f"{k}={v!r}" for k, v in opts.items()) or "the defaults"))
     if not presets and base not in TRAINING_FREE:
         print("  none")
+
+
+#: what a plug-in without a declared scope takes (DePT): its wrap function checks the method when it is built
+_ANY_TEXT_METHOD = "every method that trains prompts against class text (checked when built)"
+
+
+def _describe_plugin(plugin: str) -> None:
+    """``vlprompt methods +PLUGIN``: what it does, the methods it takes, its ``-o`` options and presets."""
+    import dataclasses
+    import textwrap
+
+    from .methods.base import describe_type, plugin_options, plugin_summary, plugin_targets
+    from .presets import PLUGIN_PRESETS
+
+    targets = plugin_targets(plugin)
+    print(f"+{plugin}: {plugin_summary(plugin)}")
+    print(f"\nuse as <method>+{plugin} on: "
+          + (_ANY_TEXT_METHOD if targets is None else ", ".join(targets)))
+    print(f"\noptions (-o KEY=VALUE, with <method>+{plugin}; the method's own options too):")
+    for key, (tp, default, doc) in plugin_options(plugin).items():
+        shown = "(required)" if default is dataclasses.MISSING else repr(default)
+        print(f"  {key} = {shown}   [{describe_type(tp)}]")
+        if doc:
+            print(textwrap.fill(doc, width=100, initial_indent="      ", subsequent_indent="      "))
+    print("\npresets: the method's (vlprompt methods METHOD)" + ("; a preset adds:" if PLUGIN_PRESETS.get(plugin)
+                                                                  else ""))
+    for preset, opts in PLUGIN_PRESETS.get(plugin, {}).items():
+        print(f"  {preset}: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
 
 
 def cmd_datasets(args: argparse.Namespace) -> int | None:

@@ -334,6 +334,7 @@ _REGISTRY: dict[str, type[PromptMethod]] = {}
 _PLUGINS: dict[str, Callable[..., PromptMethod]] = {}
 _PLUGIN_CONFIGS: dict[str, type] = {}
 _PLUGIN_SCOPE: dict[str, Callable[[type], bool]] = {}
+_PLUGIN_SUMMARIES: dict[str, str] = {}
 
 
 def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
@@ -346,7 +347,7 @@ def register_method(cls: type[PromptMethod]) -> type[PromptMethod]:
 
 def register_plugin(
     name: str, wrap: Callable[..., PromptMethod], config: type | None = None,
-    applies_to: Callable[[type], bool] | None = None,
+    applies_to: Callable[[type], bool] | None = None, summary: str = "",
 ) -> None:
     """Register a plug-in: ``wrap(inner_method, **options) -> PromptMethod`` (e.g. ``dept``).
 
@@ -354,9 +355,11 @@ def register_plugin(
     ``config`` is its options dataclass, so that :func:`parse_method_options` and
     :func:`vlprompt.load_prompt` can check them. ``applies_to(method_class)`` says which registered
     methods it takes (``wrap`` refuses the others with a clear error); default: every method that
-    trains with a text side (DePT's rule, checked by ``wrap``).
+    trains with a text side (DePT's rule, checked by ``wrap``). ``summary``: one line for ``vlprompt methods``.
     """
     _PLUGINS[name] = wrap
+    if summary:
+        _PLUGIN_SUMMARIES[name] = summary
     if config is not None:
         _PLUGIN_CONFIGS[name] = config
     if applies_to is not None:
@@ -373,6 +376,34 @@ def plugin_applies(plugin: str, method_cls: type) -> bool:
     scope = _PLUGIN_SCOPE.get(plugin)
     return True if scope is None else bool(scope(method_cls))
 
+
+
+def plugin_summary(name: str) -> str:
+    """One line on plug-in ``name`` (its ``summary``, else the first line of its wrap function's docstring)."""
+    plugin_config(name)  # unknown: ConfigError
+    doc = (_PLUGINS[name].__doc__ or "").strip().splitlines()
+    return _PLUGIN_SUMMARIES.get(name) or (doc[0] if doc else "")
+
+
+def plugin_targets(name: str) -> list[str] | None:
+    """The registered methods plug-in ``name`` declares it takes (``applies_to``), or ``None`` when it declares
+    no scope (its wrap function decides when the method is built; DePT: every method that trains prompts
+    against class text features)."""
+    plugin_config(name)  # unknown: ConfigError
+    if name not in _PLUGIN_SCOPE:
+        return None
+    return [m for m in sorted(_REGISTRY) if plugin_applies(name, _REGISTRY[m])]
+
+
+def plugin_options(name: str) -> dict[str, tuple[Any, Any, str]]:
+    """Plug-in ``name``'s options as ``build_method("<method>+<name>", ...)`` takes them:
+    ``{option: (type, default, documented meaning)}``."""
+    cfg = plugin_config(name)
+    if cfg is None:
+        return {}
+    docs = {k if k.startswith(f"{name}_") or k in _plugin_fields(name) else f"{name}_{k}": v
+            for k, v in _attribute_docs(cfg).items()}
+    return {k: (tp, default, docs.get(k, "")) for k, (tp, default) in config_fields(cfg).items()}
 
 
 def list_methods() -> list[str]:
@@ -655,9 +686,7 @@ def option_docs(name: str) -> dict[str, str]:
     base, plugins = _split_name(name)
     docs = _attribute_docs(get_method_class(base).Config)
     for p in plugins:
-        if p in _PLUGIN_CONFIGS:
-            docs.update({k if k.startswith(f"{p}_") or k in _plugin_fields(p) else f"{p}_{k}": v
-                         for k, v in _attribute_docs(_PLUGIN_CONFIGS[p]).items()})
+        docs.update({k: doc for k, (_, _, doc) in plugin_options(p).items()})
     return {k: docs.get(k, "") for k in method_options(name)}
 
 

@@ -635,5 +635,7 @@ def applies_to(method_cls: type) -> bool:
     return issubclass(method_cls, SUPPORTED) and not issubclass(method_cls, DAPTMixin)
 
 
-register_plugin("dapt", wrap_dapt, DAPTPluginConfig, applies_to)
-register_plugin("dapt-g", wrap_dapt_g, DAPTGPluginConfig, applies_to)
+register_plugin("dapt", wrap_dapt, DAPTPluginConfig, applies_to,
+                summary="DAPT-S: foreground/background decoupling with masks from the dataset (mask files)")
+register_plugin("dapt-g", wrap_dapt_g, DAPTGPluginConfig, applies_to,
+                summary="DAPT-G: DAPT with Grad-CAM masks of the prompted model, recomputed every epoch (a ViT)")

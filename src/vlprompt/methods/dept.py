@@ -213,4 +213,6 @@ def wrap_dept(inner: PromptMethod, **options: Any) -> DePT:
     return DePT(inner, make_config(DePTConfig, options, "dept"))
 
 
-register_plugin("dept", wrap_dept, DePTConfig)
+register_plugin("dept", wrap_dept, DePTConfig,
+                summary="DePT: a channel-adjusted (CAT) head trained next to the method, fused at test time on base "
+                "classes")
