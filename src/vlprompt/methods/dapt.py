@@ -74,7 +74,7 @@ from torchvision import transforms as T
 from ..backbones.base import Backbone
 from ..data.images import open_image
 from ..data.masks import ArrayMasks
-from ..data.transforms import CLIP_MEAN, CLIP_STD, ToRGB
+from ..data.transforms import ToRGB, image_norm
 from ..errors import ConfigError
 from .base import PromptMethod, TrainingPlan, config_to_dict, make_config, register_method, register_plugin
 from .coop import CoOp
@@ -503,7 +503,7 @@ class DAPTMixin:
             return
         size = me.backbone.image_size
         tf = T.Compose([ToRGB(), T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-                        T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+                        T.ToTensor(), T.Normalize(*image_norm(me.backbone))])
         was_training = me.training
         me.eval()
         arrays: dict[int, np.ndarray] = {}
