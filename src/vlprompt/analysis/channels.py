@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..errors import CheckpointError, ConfigError
@@ -50,10 +51,10 @@ RATIO_WINDOW = 32
 def _window_sums(image: torch.Tensor, text: torch.Tensor, window: int) -> torch.Tensor:
     """``(n, C, D)``: for every start channel ``d``, ``Σ_{k<window} x_{i,d+k} t_{c,d+k}`` (indices mod D)."""
     prod = image[:, None, :] * text if text.dim() == 3 else image[:, None, :] * text[None]
-    out = prod.clone()
-    for k in range(1, window):
-        out += torch.roll(prod, shifts=-k, dims=-1)
-    return out
+    dim = prod.shape[-1]
+    # circular window sums as differences of one cumulative sum over [prod, its first window-1 channels]
+    csum = F.pad(torch.cat([prod, prod[..., : window - 1]], dim=-1).cumsum(dim=-1), (1, 0))
+    return csum[..., window : window + dim] - csum[..., :dim]
 
 
 def channel_importance(

@@ -377,7 +377,6 @@ def plugin_applies(plugin: str, method_cls: type) -> bool:
     return True if scope is None else bool(scope(method_cls))
 
 
-
 def plugin_summary(name: str) -> str:
     """One line on plug-in ``name`` (its ``summary``, else the first line of its wrap function's docstring)."""
     plugin_config(name)  # unknown: ConfigError

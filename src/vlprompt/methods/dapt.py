@@ -62,6 +62,8 @@ method is unchanged.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -81,6 +83,7 @@ from .coop import CoOp
 from .dept import DePT
 from .ivlp import IVLP
 from .maple import MaPLe, MaPLeConfig
+from .prompting import DeepTextPromptMethod
 
 #: DAPT's background classes: 25 generic scene words, then 7 food-scene words (32 in all).
 BACKGROUND_GENERIC = (
@@ -97,14 +100,32 @@ Schedule = Literal["paper", "reference"]
 GradcamRule = Literal["image", "reference"]
 
 
-#: DAPT's own options (unprefixed), in the order of :class:`DAPTConfig` after MaPLe's.
-DAPT_FIELDS = ("masks", "loss_schedule", "weight_visual", "weight_fg", "weight_bg", "margin", "switch_epoch",
-               "background_classes", "background_template", "gradcam_threshold", "gradcam_batch_size", "gradcam_rule")
-
-
 @dataclass(frozen=True)
 class DAPTSettings:
-    """DAPT's options as one value (the fields of :class:`DAPTConfig` after MaPLe's; see there)."""
+    """DAPT's options as one value: the fields of :class:`DAPTConfig` after MaPLe's, and of the ``+dapt`` /
+    ``+dapt-g`` plug-ins' configs with the prefix ``dapt_``.
+
+    Attributes:
+        masks: ``"data"`` (DAPT-S: masks from disk, in ``batch["masks"]``) or ``"gradcam"``
+            (DAPT-G: Grad-CAM masks of the prompted model, recomputed every epoch).
+        loss_schedule: ``"paper"`` (all terms every epoch) or ``"reference"`` (the released
+            code's switch at ``switch_epoch``).
+        weight_visual: ``w_v`` of the pull-push triplet ``L_v`` (0.8, the code's ``para_vd``).
+        weight_fg: ``w_f`` of the foreground alignment ``L_f`` (0.1, ``para_fg``).
+        weight_bg: ``w_b`` of the background alignment ``L_b`` (0.5, ``para_bg``).
+        margin: triplet margin (1.5).
+        switch_epoch: last 0-based epoch index that uses ``L_v`` under the reference schedule (6).
+        background_classes: the hand-crafted background classes (DAPT's 32 words).
+        background_template: their prompt template (``"a clean origami {}."``).
+        gradcam_threshold: Grad-CAM values (after division by the maximum) below it are zeroed (0.5).
+        gradcam_batch_size: images per Grad-CAM pass over the training set (the reference's
+            ``SELECTION_BATCH_SIZE`` is 50; it matters only with ``gradcam_rule="reference"``).
+        gradcam_rule: how a CAM becomes a training mask. ``"image"``: bilinear upsampling
+            (``align_corners=False``), divided by each image's own maximum, values below the
+            threshold zeroed, the rest kept (a soft mask independent of the batch). ``"reference"``:
+            the released training path (``GradCAM.forward_train``): ``align_corners=True``, divided by
+            the maximum over the whole Grad-CAM batch (+ 1e-6), binarised at the threshold.
+    """
 
     masks: MaskKind = "data"
     loss_schedule: Schedule = "paper"
@@ -139,35 +160,15 @@ class DAPTSettings:
     @classmethod
     def of(cls, config: Any, prefix: str = "") -> DAPTSettings:
         """The settings held by ``config`` under the field names ``prefix + <field>``."""
-        return cls(**{f: getattr(config, prefix + f) for f in DAPT_FIELDS})
+        return cls(**{f.name: getattr(config, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
 class DAPTConfig(DAPTSettings, MaPLeConfig):
     """DAPT options (MaPLe's ``n_ctx=2``, ``ctx_init="a photo of a"``, ``prompt_depth=9`` plus these).
 
-    The fields are MaPLe's, then :class:`DAPTSettings`'s (the base classes' order gives that field order).
-
-    Attributes:
-        masks: ``"data"`` (DAPT-S: masks from disk, in ``batch["masks"]``) or ``"gradcam"``
-            (DAPT-G: Grad-CAM masks of the prompted model, recomputed every epoch).
-        loss_schedule: ``"paper"`` (all terms every epoch) or ``"reference"`` (the released
-            code's switch at ``switch_epoch``).
-        weight_visual: ``w_v`` of the pull-push triplet ``L_v`` (0.8, the code's ``para_vd``).
-        weight_fg: ``w_f`` of the foreground alignment ``L_f`` (0.1, ``para_fg``).
-        weight_bg: ``w_b`` of the background alignment ``L_b`` (0.5, ``para_bg``).
-        margin: triplet margin (1.5).
-        switch_epoch: last 0-based epoch index that uses ``L_v`` under the reference schedule (6).
-        background_classes: the hand-crafted background classes (DAPT's 32 words).
-        background_template: their prompt template (``"a clean origami {}."``).
-        gradcam_threshold: Grad-CAM values (after division by the maximum) below it are zeroed (0.5).
-        gradcam_batch_size: images per Grad-CAM pass over the training set (the reference's
-            ``SELECTION_BATCH_SIZE`` is 50; it matters only with ``gradcam_rule="reference"``).
-        gradcam_rule: how a CAM becomes a training mask. ``"image"``: bilinear upsampling
-            (``align_corners=False``), divided by each image's own maximum, values below the
-            threshold zeroed, the rest kept (a soft mask independent of the batch). ``"reference"``:
-            the released training path (``GradCAM.forward_train``): ``align_corners=True``, divided by
-            the maximum over the whole Grad-CAM batch (+ 1e-6), binarised at the threshold.
+    The fields are MaPLe's, then :class:`DAPTSettings`'s (the base classes' order gives that field order;
+    their meanings are documented there).
     """
 
     def __post_init__(self) -> None:
@@ -182,54 +183,35 @@ class DAPTGConfig(DAPTConfig):
     masks: MaskKind = "gradcam"
 
 
-@dataclass(frozen=True)
-class DAPTPluginConfig:
-    """Options of the ``+dapt`` plug-in (prefixed ``dapt_``; the meanings of :class:`DAPTConfig`).
+def _plugin_config(name: str, masks: MaskKind, doc: str) -> type:
+    """A plug-in's options: :class:`DAPTSettings`' fields prefixed ``dapt_`` (same order, types and defaults,
+    ``dapt_masks`` defaulting to ``masks``), checked as :class:`DAPTSettings` checks them."""
 
-    Attributes:
-        dapt_masks: ``"data"`` (DAPT-S, masks from disk) or ``"gradcam"`` (DAPT-G, Grad-CAM masks of the
-            prompted model, recomputed every epoch); ``+dapt-g`` sets ``"gradcam"``.
-        dapt_loss_schedule: ``"paper"`` (all terms every epoch) or ``"reference"`` (the released code's
-            switch at ``dapt_switch_epoch``).
-        dapt_weight_visual: ``w_v`` of the pull-push triplet ``L_v`` (0.8).
-        dapt_weight_fg: ``w_f`` of the foreground alignment ``L_f`` (0.1).
-        dapt_weight_bg: ``w_b`` of the background alignment ``L_b`` (0.5).
-        dapt_margin: triplet margin (1.5).
-        dapt_switch_epoch: last 0-based epoch index that uses ``L_v`` under the reference schedule (6).
-        dapt_background_classes: the hand-crafted background classes (DAPT's 32 words).
-        dapt_background_template: their prompt template (``"a clean origami {}."``).
-        dapt_gradcam_threshold: Grad-CAM values (after division by the maximum) below it are zeroed (0.5).
-        dapt_gradcam_batch_size: images per Grad-CAM pass over the training set (32).
-        dapt_gradcam_rule: ``"image"`` (per-image maximum, soft mask) or ``"reference"`` (the released
-            training path: batch maximum, binarised).
-    """
-
-    dapt_masks: MaskKind = "data"
-    dapt_loss_schedule: Schedule = "paper"
-    dapt_weight_visual: float = 0.8
-    dapt_weight_fg: float = 0.1
-    dapt_weight_bg: float = 0.5
-    dapt_margin: float = 1.5
-    dapt_switch_epoch: int = 6
-    dapt_background_classes: tuple[str, ...] = BACKGROUND_CLASSES
-    dapt_background_template: str = BACKGROUND_TEMPLATE
-    dapt_gradcam_threshold: float = 0.5
-    dapt_gradcam_batch_size: int = 32
-    dapt_gradcam_rule: GradcamRule = "image"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dapt_background_classes", tuple(self.dapt_background_classes))
+    def __post_init__(self: Any) -> None:
+        object.__setattr__(self, "dapt_background_classes", tuple(self.dapt_background_classes))  # lists from JSON
         self.settings()  # the checks
 
-    def settings(self) -> DAPTSettings:
+    def settings(self: Any) -> DAPTSettings:
+        """The options as :class:`DAPTSettings` (unprefixed)."""
         return DAPTSettings.of(self, "dapt_")
 
+    fields = [(f"dapt_{f.name}", f.type, dataclasses.field(default=masks if f.name == "masks" else f.default))
+              for f in dataclasses.fields(DAPTSettings)]
+    cls = dataclasses.make_dataclass(name, fields, frozen=True,
+                                     namespace={"__post_init__": __post_init__, "settings": settings})
+    cls.__module__, cls.__qualname__, cls.__doc__ = __name__, name, doc
+    return cls
 
-@dataclass(frozen=True)
-class DAPTGPluginConfig(DAPTPluginConfig):
-    """Options of the ``+dapt-g`` plug-in: :class:`DAPTPluginConfig` with ``dapt_masks="gradcam"``."""
 
-    dapt_masks: MaskKind = "gradcam"
+#: DAPTSettings' ``Attributes:`` section with every name prefixed ``dapt_`` (the plug-in configs' docs)
+_PREFIXED_ATTRIBUTES = re.sub(r"^( {4})(\w+):", r"\1dapt_\2:",
+                              inspect.cleandoc(DAPTSettings.__doc__ or "").split("\n\n", 1)[1], flags=re.M)
+#: Options of the ``+dapt`` plug-in: :class:`DAPTSettings` prefixed ``dapt_``.
+DAPTPluginConfig = _plugin_config("DAPTPluginConfig", "data", "Options of the ``+dapt`` plug-in: the fields of "
+                                  ":class:`DAPTSettings` prefixed ``dapt_``.\n\n" + _PREFIXED_ATTRIBUTES)
+#: Options of the ``+dapt-g`` plug-in: as ``+dapt``'s with ``dapt_masks="gradcam"``.
+DAPTGPluginConfig = _plugin_config("DAPTGPluginConfig", "gradcam", "Options of the ``+dapt-g`` plug-in: "
+                                   "``+dapt``'s with ``dapt_masks=\"gradcam\"``.\n\n" + _PREFIXED_ATTRIBUTES)
 
 
 # ---------------------------------------------------------------------- loss terms
@@ -347,11 +329,11 @@ class DAPTMixin:
     # ------------------------------------------------------------------ features
     def _deep_text(self) -> bool:
         """The method has deep text prompts (MaPLe, IVLP): the background prompts go through them."""
-        return isinstance(self, (MaPLe, IVLP))
+        return isinstance(self, DeepTextPromptMethod)
 
     def visual_prompts_or_none(self) -> Any:
         """The method's visual prompts (``None`` for an unprompted image tower)."""
-        return self.visual_prompts() if isinstance(self, (MaPLe, IVLP)) else None  # type: ignore[attr-defined]
+        return self.visual_prompts() if isinstance(self, DeepTextPromptMethod) else None
 
     def class_and_background_text(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw text features of the class prompts ``(n_cls, D)`` and the background prompts
@@ -563,9 +545,6 @@ class DAPTG(DAPT):
 
 
 # ---------------------------------------------------------------------- the plug-in
-_MIXED: dict[type, type] = {}
-
-
 def _module_class(name: str, make: Any) -> Any:
     """A class made once per base class, kept in this module under ``name`` (so it pickles)."""
     module = sys.modules[__name__]

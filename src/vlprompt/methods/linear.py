@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..errors import ConfigError
 from .base import PromptMethod, TrainingPlan, register_method
-from .vpt import vpt_head
+from .vpt import head_param_groups, vpt_head
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,7 @@ class HeadClassifier(PromptMethod):
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """Every trainable parameter at ``base_lr``; the head's bias without weight decay (VPT's SGD rule)."""
-        bias = self.head.bias
-        rest = [p for p in self.trainable_parameters() if p is not bias]
-        return [{"params": rest, "lr": base_lr}, {"params": [bias], "lr": base_lr, "weight_decay": 0.0}]
+        return head_param_groups(self.trainable_parameters(), self.head, base_lr)
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Relabel the head's rows (same count only; see :meth:`reset_head` for another label set)."""

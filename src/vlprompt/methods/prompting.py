@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.base import Backbone
+from ..backbones.base import Backbone, VisualPrompts
 from ..errors import ConfigError
 from .base import PromptMethod
 
@@ -44,6 +45,16 @@ def check_text_tokens(backbone: Backbone, n_tokens: int, what: str = "n_ctx") ->
             f"{what}={n_tokens} does not fit the text context of backbone {backbone.name!r}: "
             f"{backbone.context_length} tokens, at most {room} besides the start and end tokens"
         )
+
+
+def template_features(backbone: Backbone, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """``(n_cls, D)`` float32: per class, the mean over ``templates`` of the L2-normalised frozen text features
+    of ``template.format(class name)``, L2-normalised again (CLIP's prompt ensembling; one template: its
+    normalised features). Computed without gradients."""
+    names = [clean_classname(c) for c in classnames]
+    with torch.no_grad():
+        per_template = [backbone.encode_texts([t.format(n) for n in names]) for t in templates]
+        return F.normalize(torch.stack(per_template).float().mean(0), dim=-1)
 
 
 def init_context(backbone: Backbone, n_ctx: int, init: str | None, std: float = 0.02) -> torch.Tensor:
@@ -187,6 +198,10 @@ class DeepTextPromptMethod(PromptMethod):
     def deep_text_prompts(self) -> dict[int, torch.Tensor]:
         """``{k: P_k}`` for the prompted text blocks after the first."""
         raise NotImplementedError
+
+    def visual_prompts(self) -> VisualPrompts | None:
+        """The image-tower prompts (MaPLe's coupled ones, IVLP's own); ``None`` when the tower is not prompted."""
+        return None
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)

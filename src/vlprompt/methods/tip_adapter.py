@@ -38,7 +38,7 @@ from ..backbones.base import Backbone
 from ..data.templates import IMAGENET_SELECT_TEMPLATES
 from ..errors import ConfigError
 from .base import PromptMethod, TrainingPlan, register_method
-from .prompting import clean_classname
+from .prompting import template_features
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,8 @@ class TipAdapter(PromptMethod):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        names = [clean_classname(c) for c in classnames]
-        with torch.no_grad():
-            per_template = [self.backbone.encode_texts([t.format(n) for n in names]) for t in self.templates()]
-            feats = F.normalize(torch.stack(per_template).float().mean(0), dim=-1)
-        self.register_buffer("class_features", feats, persistent=False)
+        self.register_buffer("class_features", template_features(self.backbone, classnames, self.templates()),
+                             persistent=False)
         self._build_values()
 
     def _build_values(self) -> None:

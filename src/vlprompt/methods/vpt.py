@@ -117,6 +117,14 @@ def vpt_head(in_dim: int, n_cls: int, device: torch.device | None = None) -> nn.
     return head
 
 
+def head_param_groups(trainable: list[nn.Parameter], head: nn.Linear, base_lr: float) -> list[dict[str, Any]]:
+    """VPT's ``make_optimizer`` groups for SGD: every trainable parameter at ``base_lr``, the linear head's
+    bias (``last_layer.bias``, initialised at ``-log 99``) without weight decay."""
+    bias = head.bias
+    rest = [p for p in trainable if p is not bias]
+    return [{"params": rest, "lr": base_lr}, {"params": [bias], "lr": base_lr, "weight_decay": 0.0}]
+
+
 def check_vision_prompt_backbone(backbone: Backbone, method: str, kinds: tuple[str, ...] = ("shallow",)) -> None:
     """Refuse backbones without a ViT image tower that accepts the visual prompt ``kinds``."""
     if not backbone.supports_visual_prompts or not backbone.vision_width or not backbone.patch_size:
@@ -191,9 +199,7 @@ class VPT(PromptMethod):
         """
         if self.head is None:
             return super().param_groups(base_lr)
-        bias = self.head.bias
-        rest = [p for p in self.trainable_parameters() if p is not bias]
-        return [{"params": rest, "lr": base_lr}, {"params": [bias], "lr": base_lr, "weight_decay": 0.0}]
+        return head_param_groups(self.trainable_parameters(), self.head, base_lr)
 
     def _build_class_features(self) -> None:
         """Normalised frozen text features of the template for every class (non-persistent buffer)."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..data.templates import ensemble_templates
 from .base import PromptMethod, TrainingPlan, register_method
-from .prompting import clean_classname
+from .prompting import template_features
 
 
 @dataclass(frozen=True)
@@ -63,11 +62,8 @@ class ZeroShot(PromptMethod):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        names = [clean_classname(c) for c in classnames]
-        with torch.no_grad():
-            per_template = [self.backbone.encode_texts([t.format(n) for n in names]) for t in self.templates()]
-            feats = F.normalize(torch.stack(per_template).mean(0), dim=-1)
-        self.register_buffer("class_features", feats, persistent=False)
+        self.register_buffer("class_features", template_features(self.backbone, classnames, self.templates()),
+                             persistent=False)
 
     def raw_text_features(self) -> torch.Tensor:
         return self.class_features

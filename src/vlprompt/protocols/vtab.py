@@ -151,6 +151,16 @@ def tune_task(
     return choice
 
 
+def _final_row(name: str, seed: int, res: dict[str, Any], base_lr: float, wd: float, lr: float) -> dict[str, Any]:
+    """One final run's row for :func:`summarize_vtab` (``total_params`` where the run recorded it)."""
+    row = {"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
+           "base_lr": float(base_lr), "wd": float(wd), "lr": lr,
+           "trainable_params": int(res.get("trainable_params", 0))}
+    if res.get("total_params"):
+        row["total_params"] = int(res["total_params"])
+    return row
+
+
 def final_task(
     template: RunSpec, dataset: str, base_lr: float, wd: float, seeds: Sequence[int] = VTAB_SEEDS,
     scale_lr: bool = True,
@@ -168,12 +178,7 @@ def final_task(
     for seed in seeds:
         out = Path(template.out) / task_slug(name) / "final" / f"seed{seed}"
         res = train_run(_stage_spec(template, name, "final", out, seed, {**train, "lr": lr, "weight_decay": wd}))
-        row = {"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
-               "base_lr": float(base_lr), "wd": float(wd), "lr": lr,
-               "trainable_params": int(res.get("trainable_params", 0))}
-        if res.get("total_params"):
-            row["total_params"] = int(res["total_params"])
-        rows.append(row)
+        rows.append(_final_row(name, seed, res, base_lr, wd, lr))
     return rows
 
 
@@ -261,12 +266,9 @@ def prune_task(
         out = base / "final" / f"seed{seed}"
         spec = dataclasses.replace(_stage_spec(template, name, "final", out, seed, opts), protocol="vtab-pruned")
         res = train_run(spec, setup=lambda m: m.set_masks(token_mask, piece_mask))
-        params = int(res.get("trainable_params", 0))
-        row = {"dataset": name, "group": vtab_group(name) or "other", "seed": seed, "acc": float(res["acc"]),
-               "base_lr": float(base_lr), "wd": float(wd), "lr": lr, "trainable_params": params - removed,
-               "trainable_params_unpruned": params}
-        if res.get("total_params"):
-            row["total_params"] = int(res["total_params"])
+        row = _final_row(name, seed, res, base_lr, wd, lr)
+        row["trainable_params_unpruned"] = row["trainable_params"]
+        row["trainable_params"] -= removed
         rows.append(row)
     info = {k: search[k] for k in ("token_pct", "piece_pct", "val_acc", "pruned_fraction")}
     return rows, info
