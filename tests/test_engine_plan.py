@@ -17,6 +17,7 @@ from torch import nn
 
 import vlprompt as vp
 from data_fixtures import make_dtd
+from kill_resume import fit_killed_after_first_epoch
 from vlprompt.data.masks import ArrayMasks
 from vlprompt.engine.features import FeatureCache
 from vlprompt.engine.train import train_policies
@@ -209,16 +210,9 @@ def test_a_resumed_run_calls_the_epoch_hook_for_the_remaining_epochs_and_ends_id
     whole = vp.build_method("test-masked-probe", tiny_bb, task.classnames)
     vp.fit(whole, task, run_dir=str(tmp_path / "whole"), **opts)
 
-    class Kill(Exception):
-        pass
-
-    def kill_after_first(epoch, row):
-        raise Kill
-
     vp.seed_everything(1)
     first = vp.build_method("test-masked-probe", tiny_bb, task.classnames)
-    with pytest.raises(Kill):
-        vp.fit(first, task, run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    fit_killed_after_first_epoch(first, task, str(tmp_path / "resumed"), **opts)
     vp.seed_everything(1)
     second = vp.build_method("test-masked-probe", tiny_bb, task.classnames)
     vp.fit(second, task, run_dir=str(tmp_path / "resumed"), **opts)
@@ -263,16 +257,9 @@ def test_after_epoch_hook_state_survives_a_kill_and_the_average_is_installed(thr
     saved = vp.load_prompt(tmp_path / "whole" / "prompt.safetensors", tiny_bb)
     assert torch.equal(saved.head.weight, expected / 3)  # the average is what is saved
 
-    class Kill(Exception):
-        pass
-
-    def kill_after_first(epoch, row):
-        raise Kill
-
     vp.seed_everything(1)
-    with pytest.raises(Kill):
-        vp.fit(vp.build_method("test-averaged-probe", tiny_bb, task.classnames), task,
-               run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    fit_killed_after_first_epoch(vp.build_method("test-averaged-probe", tiny_bb, task.classnames), task,
+                                 str(tmp_path / "resumed"), **opts)
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoint" / "last.pt", weights_only=True)
     assert checkpoint["method_state"]["count"] == 1
     vp.seed_everything(1)

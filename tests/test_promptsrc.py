@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt as vp
+from kill_resume import fit_killed_after_first_epoch
 from numerics import assert_fp32_close
 from test_ivlp import _hand_image, _hand_text
 from vlprompt.cli import main
@@ -243,16 +244,9 @@ def test_a_killed_and_resumed_run_ends_with_the_same_aggregated_prompts(name, ti
     whole = vp.build_method(name, tiny_bb, task.classnames, **method_opts)
     vp.fit(whole, task, run_dir=str(tmp_path / "whole"), **opts)
 
-    class Kill(Exception):
-        pass
-
-    def kill_after_first(epoch, row):
-        raise Kill
-
     vp.seed_everything(1)
-    with pytest.raises(Kill):
-        vp.fit(vp.build_method(name, tiny_bb, task.classnames, **method_opts), task,
-               run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    fit_killed_after_first_epoch(vp.build_method(name, tiny_bb, task.classnames, **method_opts), task,
+                                 str(tmp_path / "resumed"), **opts)
     state = torch.load(tmp_path / "resumed" / "checkpoint" / "last.pt", weights_only=True)["method_state"]
     assert state["gpa_epochs"] == [0] and state["gpa_weight"] == pytest.approx(math.exp(-0.5) / math.sqrt(2 * math.pi))
     vp.seed_everything(1)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import vlprompt as vp
+from kill_resume import fit_killed_after_first_epoch
 from numerics import assert_fp32_close
 from vlprompt.cli import main
 from vlprompt.data import IMAGENET_SELECT_TEMPLATES
@@ -325,15 +326,8 @@ def test_tip_adapter_f_resumed_run_ends_identical(tiny_bb, shapes_root, cache_di
     whole = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
     res_whole = vp.fit(whole, task, run_dir=str(tmp_path / "whole"), **opts)
 
-    class Kill(Exception):
-        pass
-
-    def kill_after_first(epoch, row):
-        raise Kill
-
     first = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
-    with pytest.raises(Kill):
-        vp.fit(first, task, run_dir=str(tmp_path / "resumed"), on_epoch_end=kill_after_first, **opts)
+    fit_killed_after_first_epoch(first, task, str(tmp_path / "resumed"), **opts)
     second = vp.build_method("tip-adapter-f", tiny_bb, task, **build)
     res = vp.fit(second, task, run_dir=str(tmp_path / "resumed"), **opts)
     assert torch.equal(second.cache_keys, whole.cache_keys)
